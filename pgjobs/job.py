@@ -1,0 +1,154 @@
+"""The Job record, its status, and the encoding of arguments and results as JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any, Literal
+
+from psycopg.types.json import Jsonb
+
+from .errors import ArgumentError
+
+DurationKind = Literal["process", "start", "total", "running"]
+
+
+class JobStatus(StrEnum):
+    """A job's state; see the schema for the transitions."""
+
+    QUEUED = "queued"
+    ACTIVE = "active"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    ABORTING = "aborting"
+    ABORTED = "aborted"
+
+    @property
+    def finished(self) -> bool:
+        """Whether no further change will come (complete, failed or aborted)."""
+        return self in (JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.ABORTED)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+def to_json(value: Any, what: str) -> Jsonb:
+    """Wrap a value for a jsonb parameter, refusing what JSON cannot carry; ``what`` names it."""
+    try:
+        _dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError(f"{what} cannot be stored as JSON: {exc}") from None
+    return Jsonb(value, dumps=_dumps)
+
+
+def check_arguments(task: str, args: Sequence[Any] | Mapping[str, Any]) -> None:
+    """Raise ArgumentError naming the first argument that JSON cannot carry."""
+    if isinstance(args, Mapping):
+        items = [(f"argument {k!r}", v) for k, v in args.items()]
+    else:
+        items = [(f"positional argument {i}", v) for i, v in enumerate(args)]
+    for label, value in items:
+        try:
+            _dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError(f"{label} of task {task!r} cannot be stored as JSON: {exc}") from None
+
+
+@dataclass
+class Job:
+    """A job as stored in ``pgjobs.jobs``. Durations are seconds."""
+
+    task: str
+    args: list[Any] | dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+    queue: str = "default"
+    status: JobStatus = JobStatus.QUEUED
+    priority: int = 0
+    group_key: str | None = None
+    key: str | None = None
+    attempts: int = 0
+    max_attempts: int = 3
+    scheduled_at: dt.datetime | None = None
+    timeout: float = 0.0
+    heartbeat: float = 0.0
+    retry_delay: float = 1.0
+    retry_backoff: float = 3600.0
+    ttl: int = 86400
+    progress: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error: str | None = None
+    worker_id: str | None = None
+    enqueued_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    touched_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Job:
+        """Build a Job from a ``pgjobs.jobs`` row (unknown columns are ignored)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in row.items() if k in known}
+        values["status"] = JobStatus(values.get("status", "queued"))
+        return cls(**values)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job reached a final status."""
+        return self.status.finished
+
+    def duration(self, kind: DurationKind) -> float | None:
+        """Seconds spent, or None when the times are not known yet.
+
+        ``process``: started to completed; ``start``: due (enqueued or scheduled) to started;
+        ``total``: enqueued to completed; ``running``: started to now (this machine's clock).
+        """
+        due = max(t for t in (self.enqueued_at, self.scheduled_at) if t) if self.enqueued_at else None
+        spans = {
+            "process": (self.started_at, self.completed_at),
+            "start": (due, self.started_at),
+            "total": (self.enqueued_at, self.completed_at),
+            "running": (self.started_at, dt.datetime.now(dt.UTC) if self.started_at else None),
+        }
+        begin, end = spans[kind]
+        if begin is None or end is None:
+            return None
+        return (end - begin).total_seconds()
+
+    def _update(self, fresh: Job | None) -> Job:
+        if fresh is None:
+            raise LookupError(f"job {self.id} no longer exists")
+        for f in fields(self):
+            setattr(self, f.name, getattr(fresh, f.name))
+        return self
+
+    def refresh(self, until_complete: float | None = None) -> Job:
+        """Reload this job; with ``until_complete``, first wait up to that many seconds for it to
+        finish (raising TimeoutError if it does not). Waiting listens, it does not poll."""
+        from .client import get_job, wait
+
+        if self.id is None:
+            raise LookupError("this job was never enqueued")
+        if until_complete is None:
+            return self._update(get_job(self.id))
+        self._update(next(iter(wait([self.id], until_complete)), None))
+        if not self.finished:
+            raise TimeoutError(f"job {self.id} is still {self.status} after {until_complete} s")
+        return self
+
+    async def refresh_async(self, until_complete: float | None = None) -> Job:
+        """The async twin of refresh()."""
+        from .client import get_job_async, wait_async
+
+        if self.id is None:
+            raise LookupError("this job was never enqueued")
+        if until_complete is None:
+            return self._update(await get_job_async(self.id))
+        self._update(next(iter(await wait_async([self.id], until_complete)), None))
+        if not self.finished:
+            raise TimeoutError(f"job {self.id} is still {self.status} after {until_complete} s")
+        return self

@@ -1,0 +1,110 @@
+"""Tasks: plain functions, sync or async, registered by name with the ``@task`` decorator."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from .errors import PgjobsError, UnknownTaskError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Every task registered in this process, by name; a worker runs the ones its modules register.
+registry: dict[str, Task[..., Any]] = {}
+
+
+@dataclass
+class Task(Generic[P, R]):
+    """A registered task. Calling it runs the function here; ``enqueue`` runs it on a worker."""
+
+    func: Callable[P, R]
+    name: str
+    pass_job: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.func)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Any:
+        """Enqueue a run of this task (see pgjobs.enqueue); the decorator's options are defaults."""
+        from .client import enqueue
+
+        return enqueue(self, *args, **kwargs)
+
+    async def enqueue_async(self, *args: Any, **kwargs: Any) -> Any:
+        """The async twin of enqueue()."""
+        from .client import enqueue_async
+
+        return await enqueue_async(self, *args, **kwargs)
+
+
+@overload
+def task(func: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def task(
+    *, name: str | None = None, pass_job: bool = False, **options: Any
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def task(
+    func: Callable[P, R] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    pass_job: bool = False,
+    **options: Any,
+) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+    """Register a function as a task.
+
+    :param name: the task's name; defaults to ``module.function``.
+    :param pass_job: call the function with the running Job as its first argument.
+    :param options: default enqueue options (queue, priority, retries, timeout…).
+    """
+    from .client import OPTION_NAMES
+
+    unknown = set(options) - OPTION_NAMES
+    if unknown:
+        raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+
+    def register(f: Callable[P, R]) -> Task[P, R]:
+        task_name = name or f"{f.__module__}.{f.__qualname__}"
+        existing = registry.get(task_name)
+        if existing is not None and existing.func is not f and _origin(existing.func) != _origin(f):
+            raise PgjobsError(f"two tasks are named {task_name!r}: give one another name=")
+        t = Task(func=f, name=task_name, pass_job=pass_job, options=dict(options))
+        registry[task_name] = t
+        return t
+
+    return register(func) if func is not None else register
+
+
+def _origin(f: Callable[..., Any]) -> tuple[str, str]:
+    # A module imported twice (as __main__ and by name) registers the same function twice.
+    code = getattr(f, "__code__", None)
+    return (getattr(code, "co_filename", ""), getattr(f, "__qualname__", ""))
+
+
+def load(modules: Iterable[str]) -> dict[str, Task[..., Any]]:
+    """Import the given modules (their ``@task`` functions register) and return the registry."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                raise PgjobsError(f"cannot import task module {module!r}: no module named {exc.name!r}") from None
+            raise
+    return registry
+
+
+def get(name: str) -> Task[..., Any]:
+    """The registered task of that name."""
+    try:
+        return registry[name]
+    except KeyError:
+        raise UnknownTaskError(f"no task named {name!r} is registered") from None

@@ -1,0 +1,88 @@
+-- Queries the Python package sends. Each follows a `-- name: <name>` line and a one-line comment.
+-- Values are always parameters; identifiers (channel names) are filled in with psycopg.sql.
+
+-- name: job_enqueue
+-- Enqueue one job (delay in seconds is added to the database clock) and return its row.
+SELECT * FROM pgjobs.enqueue_job(
+    task => %(task)s::text,
+    args => %(args)s::jsonb,
+    queue => %(queue)s::text,
+    priority => %(priority)s::integer,
+    scheduled_at => coalesce(%(scheduled_at)s::timestamptz, now() + make_interval(secs => %(delay)s::double precision)),
+    group_key => %(group_key)s::text,
+    key => %(key)s::text,
+    max_attempts => %(max_attempts)s::integer,
+    timeout => %(timeout)s::double precision,
+    heartbeat => %(heartbeat)s::double precision,
+    retry_delay => %(retry_delay)s::double precision,
+    retry_backoff => %(retry_backoff)s::double precision,
+    ttl => %(ttl)s::integer,
+    meta => %(meta)s::jsonb
+);
+
+-- name: job_enqueue_many
+-- Enqueue a JSON array of jobs; one id per element, in input order.
+SELECT item, id FROM pgjobs.enqueue_many(%(jobs)s) ORDER BY item;
+
+-- name: job_get
+-- One job by id.
+SELECT * FROM pgjobs.jobs WHERE id = %(id)s;
+
+-- name: job_get_many
+-- Several jobs by id.
+SELECT * FROM pgjobs.jobs WHERE id = ANY (%(ids)s);
+
+-- name: job_cancel
+-- Cancel one job; returns its status afterwards (NULL for an unknown id).
+SELECT pgjobs.cancel(%(id)s) AS status;
+
+-- name: job_dequeue
+-- Claim up to max_jobs due jobs for a worker.
+SELECT * FROM pgjobs.dequeue(%(worker_id)s, %(queues)s, %(max_jobs)s);
+
+-- name: job_complete_many
+-- Record the results of finished attempts; returns the ids that were still ours.
+SELECT pgjobs.complete_many(%(ids)s, %(results)s, %(attempts)s) AS id;
+
+-- name: job_fail
+-- Record a failed attempt; returns the job's new status (NULL when it was no longer ours).
+SELECT pgjobs.fail(%(id)s, %(error)s, %(attempt)s, %(retry)s) AS status;
+
+-- name: job_release
+-- Give a worker's unfinished jobs back to the queue without counting the attempt.
+SELECT pgjobs.release(%(worker_id)s, %(ids)s) AS released;
+
+-- name: migration_applied
+-- Versions of the migrations applied so far.
+SELECT version FROM pgjobs.migrations ORDER BY version;
+
+-- name: migration_record
+-- Record one applied migration.
+INSERT INTO pgjobs.migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: migration_forget
+-- Forget one migration that was rolled back.
+DELETE FROM pgjobs.migrations WHERE version = %(version)s;
+
+-- name: migration_lock
+-- Serialise migrations: a session-level advisory lock (class 1885957987 is pgjobs' migrations).
+SELECT pg_advisory_lock(1885957987, 0);
+
+-- name: migration_unlock
+-- Release the migration lock.
+SELECT pg_advisory_unlock(1885957987, 0);
+
+-- name: schema_exists
+-- Whether the pgjobs migrations table exists.
+SELECT to_regclass('pgjobs.migrations') IS NOT NULL AS present;
+
+-- name: job_release_unknown
+-- Give back the jobs held under a worker's id that it is not running (a claim lost in transit).
+SELECT pgjobs.release(%(worker_id)s, ARRAY(
+    SELECT id FROM pgjobs.jobs
+    WHERE worker_id = %(worker_id)s AND status IN ('active', 'aborting') AND id <> ALL (%(running)s::bigint[])
+)) AS released;
+
+-- name: queue_channels
+-- The NOTIFY channel of each queue.
+SELECT pgjobs.queue_channel(q) AS channel FROM unnest(%(queues)s::text[]) AS q;
