@@ -271,7 +271,7 @@ LANGUAGE sql AS $$
 $$;
 
 -- Enqueue many jobs in one call. `jobs` is a JSON array of objects whose keys are the parameters
--- of enqueue ("task" required). Returns one row per element: its 0-based index and the job id.
+-- of enqueue ("task" required), plus "delay": seconds from now, instead of scheduled_at. Returns one row per element: its 0-based index and the job id.
 -- An element whose key matches an unfinished job, or an earlier element, gets that job's id.
 CREATE FUNCTION pgjobs.enqueue_many(jobs jsonb)
 RETURNS TABLE (item integer, id bigint)
@@ -297,7 +297,7 @@ BEGIN
     FROM jsonb_array_elements(jobs) WITH ORDINALITY AS e(doc, n), jsonb_object_keys(e.doc) AS k
     WHERE k <> ALL (ARRAY['task', 'args', 'queue', 'priority', 'scheduled_at', 'group_key', 'key',
                           'max_attempts', 'timeout', 'heartbeat', 'retry_delay', 'retry_backoff',
-                          'ttl', 'meta'])
+                          'ttl', 'meta', 'delay'])
     LIMIT 1;
     IF FOUND THEN
         PERFORM pgjobs._refuse(format('jobs[%s].%s', bad.i, bad.name), 'is not an enqueue parameter');
@@ -308,7 +308,9 @@ BEGIN
         FROM jsonb_array_elements(jobs) WITH ORDINALITY AS e(doc, n),
              LATERAL pgjobs._job_row(format('jobs[%s].', e.n - 1),
                  e.doc->>'task', e.doc->'args', e.doc->>'queue', (e.doc->>'priority')::integer,
-                 (e.doc->>'scheduled_at')::timestamptz, e.doc->>'group_key', e.doc->>'key',
+                 coalesce((e.doc->>'scheduled_at')::timestamptz,
+                          now() + make_interval(secs => (e.doc->>'delay')::double precision)),
+                 e.doc->>'group_key', e.doc->>'key',
                  (e.doc->>'max_attempts')::integer, (e.doc->>'timeout')::double precision,
                  (e.doc->>'heartbeat')::double precision, (e.doc->>'retry_delay')::double precision,
                  (e.doc->>'retry_backoff')::double precision, (e.doc->>'ttl')::integer,
