@@ -33,6 +33,12 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
 
+    def job(self, *args: Any, **kwargs: Any) -> Any:
+        """Describe a run of this task for enqueue_many (see pgjobs.job)."""
+        from .client import job
+
+        return job(self, *args, **kwargs)
+
     def enqueue(self, *args: Any, **kwargs: Any) -> Any:
         """Enqueue a run of this task (see pgjobs.enqueue); the decorator's options are defaults."""
         from .client import enqueue

@@ -1,0 +1,172 @@
+"""The Python client: enqueue options, JSON checks, transactions, async twins, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+import pgjobs
+from pgjobs import ArgumentError, JobStatus
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+
+@pgjobs.task(name="client.send", queue="mail", retries=4)
+def send(to: str) -> None:
+    pass
+
+
+def test_enqueue_keyword_arguments_and_options(env_dsn: str) -> None:
+    when = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    job = pgjobs.enqueue(
+        "app.email", to="a@b.c", subject="hi", priority=-2, scheduled=when, group_key="u1", key="k",
+        retries=0, timeout=dt.timedelta(seconds=90), heartbeat=5, retry_delay=3, retry_backoff=True,
+        ttl=-1, meta={"who": "me"},
+    )  # fmt: skip
+    assert job.id is not None and job.status is JobStatus.QUEUED
+    assert job.args == {"to": "a@b.c", "subject": "hi"}
+    assert (job.priority, job.group_key, job.key, job.max_attempts) == (-2, "u1", "k", 1)
+    assert job.scheduled_at == when
+    assert (job.timeout, job.heartbeat, job.retry_delay, job.ttl) == (90, 5, 3, -1)
+    assert math.isinf(job.retry_backoff) and job.meta == {"who": "me"}
+
+
+def test_positional_arguments_and_explicit_args(env_dsn: str) -> None:
+    assert pgjobs.enqueue("t", 1, "two", [3]).args == [1, "two", [3]]
+    # args= lets a task take parameters named like enqueue's options
+    assert pgjobs.enqueue("t", args={"queue": "q", "key": 1}).args == {"queue": "q", "key": 1}
+    with pytest.raises(ArgumentError, match="not both"):
+        pgjobs.enqueue("t", 1, x=2)
+    with pytest.raises(ArgumentError, match="not both"):
+        pgjobs.enqueue("t", 1, args=[2])
+
+
+def test_delay_uses_the_database_clock(env_dsn: str, conn: Conn) -> None:
+    job = pgjobs.enqueue("t", delay=120)
+    row = conn.execute("SELECT extract(epoch FROM scheduled_at - now()) AS s FROM pgjobs.jobs").fetchone()
+    assert row is not None and 119 < row["s"] <= 120
+    assert job.duration("start") is None
+
+
+def test_task_decorator_options_are_defaults(env_dsn: str) -> None:
+    job = send.enqueue(to="x")
+    assert (job.task, job.queue, job.max_attempts) == ("client.send", "mail", 5)
+    assert send.enqueue(to="y", queue="other").queue == "other"
+    assert send(to="direct") is None  # still callable as a plain function
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: pgjobs.enqueue("t", when=dt.datetime.now()), "argument 'when' of task 't'"),
+        (lambda: pgjobs.enqueue("t", 1, Decimal(2)), "positional argument 1 of task 't'"),
+        (lambda: pgjobs.enqueue("t", x=float("nan")), "argument 'x'"),
+        (lambda: pgjobs.enqueue("t", scheduled=dt.datetime(2030, 1, 1)), "timezone-aware"),
+        (lambda: pgjobs.enqueue("t", retries=-1), "retries"),
+        (lambda: pgjobs.enqueue("t", timeout="soon"), "timeout"),
+        (lambda: pgjobs.enqueue("t", delay=1, scheduled=dt.datetime.now(dt.UTC)), "not both"),
+        (lambda: pgjobs.enqueue("t", meta={"x": {1, 2}}), "meta"),
+    ],
+)
+def test_values_json_cannot_carry_are_refused_before_anything_is_sent(
+    env_dsn: str, conn: Conn, call: Any, match: str
+) -> None:
+    with pytest.raises(ArgumentError, match=match):
+        call()
+    assert conn.execute("SELECT count(*) AS n FROM pgjobs.jobs").fetchone() == {"n": 0}
+
+
+def test_database_refusals_surface_as_errors(env_dsn: str) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="queue"):
+        pgjobs.enqueue("t", queue="no spaces please")
+
+
+def test_enqueue_joins_the_callers_transaction(dsn: str, env_dsn: str, conn: Conn) -> None:
+    with psycopg.connect(dsn) as mine:
+        pgjobs.enqueue("t", conn=mine)
+        mine.rollback()
+        kept = pgjobs.enqueue("t", conn=mine)
+        mine.commit()
+    rows = conn.execute("SELECT id FROM pgjobs.jobs").fetchall()
+    assert rows == [{"id": kept.id}]
+
+
+def test_enqueue_many(env_dsn: str, conn: Conn) -> None:
+    ids = pgjobs.enqueue_many([pgjobs.job("a", i, queue="bulk") for i in range(1000)] + [send.job(to="z")])
+    assert len(ids) == 1001 and len(set(ids)) == 1001
+    row = conn.execute("SELECT queue, max_attempts FROM pgjobs.jobs WHERE id = %s", [ids[-1]]).fetchone()
+    assert row == {"queue": "mail", "max_attempts": 5}
+    assert pgjobs.enqueue_many([]) == []
+
+
+def test_async_twins(dsn: str, env_dsn: str) -> None:
+    async def main() -> None:
+        job = await pgjobs.enqueue_async("t", x=1)
+        assert job.id is not None
+        assert (await pgjobs.get_job_async(job.id)) == job
+        ids = await pgjobs.enqueue_many_async([pgjobs.job("t", y=i) for i in range(3)])
+        assert len(ids) == 3
+        async with await psycopg.AsyncConnection.connect(dsn) as mine:
+            await pgjobs.enqueue_async("t", conn=mine)
+            await mine.rollback()
+        assert await pgjobs.cancel_async(job.id) is JobStatus.ABORTED
+        await pgjobs.close_async()
+
+    asyncio.run(main())
+
+
+def test_cancel_and_get_job(env_dsn: str) -> None:
+    job = pgjobs.enqueue("t")
+    assert job.id is not None
+    assert pgjobs.cancel(job.id) is JobStatus.ABORTED
+    assert job.refresh().status is JobStatus.ABORTED and job.finished
+    assert pgjobs.cancel(10**12) is None
+    assert pgjobs.get_job(10**12) is None
+
+
+def test_refresh_until_complete_waits_for_the_completion_notification(env_dsn: str, conn: Conn) -> None:
+    job = pgjobs.enqueue("t")
+    assert job.id is not None
+
+    def finish_later() -> None:
+        with psycopg.connect(env_dsn, autocommit=True) as other:
+            other.execute("SELECT * FROM pgjobs.dequeue('w', '{default}', 1)")
+            other.execute("""SELECT pg_sleep(0.3), pgjobs.complete(%s, '"done"')""", [job.id])
+
+    import threading
+
+    t = threading.Thread(target=finish_later)
+    t.start()
+    job.refresh(until_complete=10)
+    t.join()
+    assert job.status is JobStatus.COMPLETE and job.result == "done"
+    assert job.duration("process") is not None and job.duration("total") is not None
+
+
+def test_refresh_until_complete_times_out(env_dsn: str) -> None:
+    job = pgjobs.enqueue("t")
+    with pytest.raises(TimeoutError):
+        job.refresh(until_complete=0.2)
+    assert job.status is JobStatus.QUEUED
+
+
+def test_a_database_without_the_schema_gets_a_clear_error(empty_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGJOBS_DSN", empty_dsn)
+    pgjobs.close()
+    with pytest.raises(pgjobs.SchemaError, match="pgjobs migrate"):
+        pgjobs.enqueue("t")
+
+
+def test_a_wrong_dsn_gets_one_clear_line_without_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGJOBS_DSN", "postgresql://me:s3cret@127.0.0.1:1/nowhere?connect_timeout=2")
+    pgjobs.close()
+    with pytest.raises(pgjobs.ConfigurationError) as err:
+        pgjobs.enqueue("t")
+    message = str(err.value)
+    assert "s3cret" not in message and "cannot connect" in message and "\n" not in message

@@ -1,0 +1,196 @@
+"""A Worker in this process against a real database: running, retrying, stopping, reconnecting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import psycopg
+import pytest
+
+import pgjobs
+from pgjobs import Job, JobStatus
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+
+@pgjobs.task(name="w.add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@pgjobs.task(name="w.echo")
+async def echo(value: Any) -> Any:
+    await asyncio.sleep(0)
+    return value
+
+
+@pgjobs.task(name="w.boom", retry_delay=0)
+def boom() -> None:
+    raise ValueError("boom")
+
+
+@pgjobs.task(name="w.nap")
+async def nap(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "rested"
+
+
+@pgjobs.task(name="w.sync_nap")
+def sync_nap(seconds: float) -> str:
+    time.sleep(seconds)
+    return "rested"
+
+
+@pgjobs.task(name="w.unstorable")
+def unstorable() -> object:
+    return object()
+
+
+@pgjobs.task(name="w.whoami", pass_job=True)
+def whoami(job: Job, suffix: str) -> str:
+    return f"{job.id}{suffix}"
+
+
+def run_with_worker(dsn: str, body: Callable[[pgjobs.Worker], Coroutine[Any, Any, Any]], **options: Any) -> Any:
+    """Run body while a Worker works; stop it afterwards and return what body returned."""
+
+    async def main() -> Any:
+        worker = pgjobs.Worker(dsn, **{"poll_interval": 0.2, **options})
+        running = asyncio.create_task(worker.run())
+        try:
+            return await body(worker)
+        finally:
+            worker.stop()
+            await running
+
+    return asyncio.run(main())
+
+
+def process(dsn: str, requests: list[pgjobs.JobRequest], timeout: float = 30, **options: Any) -> list[Job]:
+    async def body(_: pgjobs.Worker) -> list[Job]:
+        ids = await pgjobs.enqueue_many_async(requests)
+        return await pgjobs.wait_async(ids, timeout, dsn=dsn)
+
+    return run_with_worker(dsn, body, **options)
+
+
+def test_sync_and_async_tasks_complete_with_their_results(env_dsn: str) -> None:
+    jobs = process(
+        env_dsn,
+        [pgjobs.job(add, 2, 3), pgjobs.job(echo, value={"a": [1]}), pgjobs.job(whoami, suffix="!")],
+    )
+    assert [j.status for j in jobs] == [JobStatus.COMPLETE] * 3
+    assert jobs[0].result == 5 and jobs[1].result == {"a": [1]} and jobs[2].result == f"{jobs[2].id}!"
+    assert all(j.attempts == 1 and j.completed_at for j in jobs)
+
+
+def test_a_failing_task_is_retried_then_failed_with_its_traceback(env_dsn: str) -> None:
+    (job,) = process(env_dsn, [pgjobs.job(boom, retries=2)])
+    assert job.status is JobStatus.FAILED and job.attempts == 3
+    assert job.error is not None and "ValueError: boom" in job.error and "Traceback" in job.error
+
+
+def test_an_unknown_task_fails_its_job_without_retry_and_the_worker_goes_on(env_dsn: str) -> None:
+    unknown, known = process(env_dsn, [pgjobs.job("no.such.task", retries=5), pgjobs.job(add, 1, 1)])
+    assert unknown.status is JobStatus.FAILED and unknown.attempts == 1
+    assert unknown.error is not None and "unknown task 'no.such.task'" in unknown.error
+    assert known.status is JobStatus.COMPLETE
+
+
+def test_a_result_json_cannot_carry_fails_the_job(env_dsn: str) -> None:
+    (job,) = process(env_dsn, [pgjobs.job(unstorable)])
+    assert job.status is JobStatus.FAILED and job.attempts == 1
+    assert job.error is not None and "result" in job.error
+
+
+_running_now = 0
+
+
+@pgjobs.task(name="w.count_running")
+async def count_running() -> int:
+    global _running_now
+    _running_now += 1
+    try:
+        seen = _running_now
+        await asyncio.sleep(0.1)
+        return max(seen, _running_now)
+    finally:
+        _running_now -= 1
+
+
+def test_concurrency_bounds_the_jobs_running_at_once(env_dsn: str) -> None:
+    jobs = process(env_dsn, [pgjobs.job(count_running) for _ in range(8)], concurrency=3)
+    assert all(j.status is JobStatus.COMPLETE for j in jobs)
+    assert max(j.result for j in jobs) == 3
+
+
+def test_a_notification_wakes_an_idle_worker(env_dsn: str) -> None:
+    async def body(_: pgjobs.Worker) -> list[Job]:
+        await asyncio.sleep(0.5)  # idle, with the next poll 60 s away
+        job = await pgjobs.enqueue_async(add, 1, 2)
+        return await pgjobs.wait_async([job.id], 20, dsn=env_dsn)  # type: ignore[list-item]
+
+    (job,) = run_with_worker(env_dsn, body, poll_interval=60)
+    assert job.status is JobStatus.COMPLETE
+
+
+def test_polling_finds_a_job_whose_notification_was_lost(env_dsn: str, conn: Conn) -> None:
+    async def body(_: pgjobs.Worker) -> list[Job]:
+        await asyncio.sleep(0.3)
+        row = conn.execute("INSERT INTO pgjobs.jobs (task, args) VALUES ('w.add', '[1, 1]') RETURNING id").fetchone()
+        assert row is not None
+        return await pgjobs.wait_async([row["id"]], 20, dsn=env_dsn)
+
+    (job,) = run_with_worker(env_dsn, body, poll_interval=0.2)
+    assert job.status is JobStatus.COMPLETE and job.result == 2
+
+
+def test_stop_lets_running_jobs_finish(env_dsn: str) -> None:
+    async def body(worker: pgjobs.Worker) -> int:
+        job = await pgjobs.enqueue_async(nap, 0.5)
+        await asyncio.sleep(0.2)
+        return job.id  # type: ignore[return-value]
+
+    job_id = run_with_worker(env_dsn, body, shutdown_grace=10)
+    job = pgjobs.get_job(job_id)
+    assert job is not None and job.status is JobStatus.COMPLETE and job.result == "rested"
+
+
+@pytest.mark.parametrize("task", [nap, sync_nap])
+def test_jobs_still_running_after_the_grace_period_go_back_to_the_queue(env_dsn: str, task: Any) -> None:
+    async def body(worker: pgjobs.Worker) -> int:
+        job = await task.enqueue_async(3)
+        for _ in range(100):
+            if (await pgjobs.get_job_async(job.id)).status is JobStatus.ACTIVE:  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.05)
+        return job.id  # type: ignore[no-any-return]
+
+    job_id = run_with_worker(env_dsn, body, shutdown_grace=0.2)
+    job = pgjobs.get_job(job_id)
+    assert job is not None and job.status is JobStatus.QUEUED and job.attempts == 0 and job.worker_id is None
+
+
+def test_the_worker_refuses_a_database_without_the_schema(empty_dsn: str) -> None:
+    with pytest.raises(pgjobs.SchemaError, match="pgjobs migrate"):
+        asyncio.run(pgjobs.Worker(empty_dsn).run())
+
+
+def test_the_worker_reconnects_when_its_connections_are_killed(env_dsn: str, conn: Conn) -> None:
+    async def body(_: pgjobs.Worker) -> list[Job]:
+        first = await pgjobs.enqueue_async(add, 1, 1)
+        await pgjobs.wait_async([first.id], 20, dsn=env_dsn)  # type: ignore[list-item]
+        killed = conn.execute(
+            """SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity
+               WHERE datname = current_database() AND pid <> pg_backend_pid()"""
+        ).fetchone()
+        assert killed is not None and killed["n"] >= 3
+        await pgjobs.close_async()
+        ids = await pgjobs.enqueue_many_async([pgjobs.job(add, i, 1) for i in range(20)])
+        return await pgjobs.wait_async(ids, 30, dsn=env_dsn)
+
+    jobs = run_with_worker(env_dsn, body, poll_interval=0.2)
+    assert [j.status for j in jobs] == [JobStatus.COMPLETE] * 20
