@@ -425,6 +425,7 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     done bigint[];
+    unblocked text[];
 BEGIN
     WITH changed AS (
         UPDATE pgjobs.jobs j
@@ -433,10 +434,14 @@ BEGIN
                     coalesce(complete_many.attempts, '{}')) AS u(id, result, attempt)
         WHERE j.id = u.id AND j.status IN ('active', 'aborting')
           AND (u.attempt IS NULL OR j.attempts = u.attempt)
-        RETURNING j.id
+        RETURNING j.id, j.queue, j.group_key
     )
-    SELECT array_agg(c.id) INTO done FROM changed c;
+    SELECT array_agg(c.id), array_agg(DISTINCT c.queue) FILTER (WHERE c.group_key IS NOT NULL)
+    INTO done, unblocked
+    FROM changed c;
     PERFORM pgjobs._announce_done(done);
+    -- The next job of each group may run now: wake the workers of its queue.
+    PERFORM pg_notify(pgjobs.queue_channel(q), '') FROM unnest(unblocked) AS q;
     RETURN QUERY SELECT unnest(done);
 END;
 $$;
@@ -479,10 +484,12 @@ BEGIN
         completed_at = CASE WHEN again THEN NULL ELSE now() END,
         touched_at = now()
     WHERE j.id = old.id;
-    IF again THEN
-        PERFORM pg_notify(pgjobs.queue_channel(old.queue), '');
-    ELSE
+    IF NOT again THEN
         PERFORM pgjobs._announce_done(ARRAY[old.id]);
+    END IF;
+    IF again OR old.group_key IS NOT NULL THEN
+        -- A retry, or the next job of the group, may be due: wake the workers of the queue.
+        PERFORM pg_notify(pgjobs.queue_channel(old.queue), '');
     END IF;
     RETURN s;
 END;
@@ -508,10 +515,10 @@ BEGIN
             completed_at = CASE WHEN j.status = 'aborting' THEN now() END
         WHERE j.id = ANY (release.job_ids) AND j.worker_id = release.worker_id
           AND j.status IN ('active', 'aborting')
-        RETURNING j.id, j.queue, j.status
+        RETURNING j.id, j.queue, j.status, j.group_key
     )
     SELECT count(*),
-           array_agg(DISTINCT c.queue) FILTER (WHERE c.status = 'queued'),
+           array_agg(DISTINCT c.queue) FILTER (WHERE c.status = 'queued' OR c.group_key IS NOT NULL),
            array_agg(c.id) FILTER (WHERE c.status = 'aborted')
     INTO n, queued_queues, aborted
     FROM changed c;
