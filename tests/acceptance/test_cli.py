@@ -1,0 +1,60 @@
+"""The `pgjobs` command as a user runs it: clear one-line errors, the job commands, the demo."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from .helpers import run_cli
+
+pytestmark = pytest.mark.acceptance
+
+
+def assert_one_clear_line(result: object, *needles: str) -> None:
+    assert result.returncode != 0  # type: ignore[attr-defined]
+    err = result.stderr.strip()  # type: ignore[attr-defined]
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_a_wrong_dsn_is_one_line_without_the_password() -> None:
+    result = run_cli("migrate", "--dsn", "postgresql://me:hunter2@127.0.0.1:1/db?connect_timeout=2")
+    assert_one_clear_line(result, "cannot connect", "***")
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_a_missing_task_module_is_one_line(dsn: str) -> None:
+    result = run_cli("worker", "no_such_module_here", "--dsn", dsn)
+    assert_one_clear_line(result, "no_such_module_here")
+
+
+def test_a_missing_schema_names_the_command_that_fixes_it(empty_dsn: str) -> None:
+    result = run_cli("worker", "pgjobs.demo", "--dsn", empty_dsn)
+    assert_one_clear_line(result, "pgjobs migrate")
+    assert run_cli("migrate", "--dsn", empty_dsn).returncode == 0
+    assert "nothing to do" in run_cli("migrate", "--dsn", empty_dsn).stdout
+
+
+def test_enqueue_show_and_cancel_a_job(dsn: str) -> None:
+    enqueued = run_cli("enqueue", "app.hello", '{"name": "x"}', "--priority", "3", "--dsn", dsn)
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = int(enqueued.stdout)
+    shown = json.loads(run_cli("job", str(job_id), "--dsn", dsn).stdout)
+    assert shown["args"] == {"name": "x"} and shown["priority"] == 3 and shown["status"] == "queued"
+    cancelled = run_cli("cancel", str(job_id), "--dsn", dsn)
+    assert cancelled.stdout.strip() == "aborted"
+    assert_one_clear_line(run_cli("cancel", "999999", "--dsn", dsn), "no job 999999")
+    assert_one_clear_line(run_cli("enqueue", "t", "{not json", "--dsn", dsn), "JSON")
+    assert_one_clear_line(run_cli("enqueue", "t", "--queue", "bad queue", "--dsn", dsn), "queue")
+
+
+def test_the_demo_runs_real_jobs(dsn: str) -> None:
+    result = run_cli("demo", "--jobs", "9", "--rate", "50", "--dsn", dsn, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "jobs: 9 complete" in result.stdout
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM pgjobs.jobs WHERE status = 'complete'").fetchone()
+    assert row == (9,)

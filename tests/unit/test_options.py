@@ -1,0 +1,92 @@
+"""Pure functions: enqueue option parsing, DSN redaction, the SQL files shipped."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+
+import pgjobs
+from pgjobs import ArgumentError, _sql, migrations
+from pgjobs._database import redact
+
+
+def test_job_maps_options_to_columns() -> None:
+    request = pgjobs.job(
+        "t", retries=2, timeout=dt.timedelta(minutes=1), retry_backoff=True, ttl=dt.timedelta(days=2), delay=5
+    )
+    o = request.options
+    assert (o["max_attempts"], o["timeout"], o["ttl"], o["delay"]) == (3, 60.0, 172800, 5.0)
+    assert math.isinf(o["retry_backoff"])
+    assert pgjobs.job("t", retry_backoff=False).options["retry_backoff"] == 0.0
+    assert pgjobs.job("t").options["max_attempts"] is None  # the database's default applies
+
+
+def test_the_enqueue_many_document_carries_only_what_was_given() -> None:
+    when = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    doc = pgjobs.job("t", 1, scheduled=when, retry_backoff=True).document()
+    assert doc == {"task": "t", "args": [1], "scheduled_at": when.isoformat(), "retry_backoff": "Infinity"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"priority": 1.5}, "priority must be an integer"),
+        ({"priority": True}, "priority must be an integer"),
+        ({"delay": float("inf")}, "delay"),
+        ({"retry_backoff": -1}, "retry_backoff"),
+        ({"args": "abc"}, "args must be a list or a dict"),
+        ({"meta": [1]}, "meta must be a dict"),
+    ],
+)
+def test_bad_options_are_refused(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ArgumentError, match=match):
+        pgjobs.job("t", **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_task_needs_a_name_or_a_task() -> None:
+    with pytest.raises(ArgumentError, match="task must be"):
+        pgjobs.job(42)  # type: ignore[arg-type]
+
+
+def test_unknown_task_options_are_refused_at_decoration() -> None:
+    with pytest.raises(TypeError, match="unknown task option"):
+        pgjobs.task(name="x.y", retrys=3)
+
+
+def test_task_names_default_to_module_and_function() -> None:
+    @pgjobs.task
+    def some_function() -> int:
+        return 1
+
+    assert some_function.name == f"{__name__}.test_task_names_default_to_module_and_function.<locals>.some_function"
+    assert some_function() == 1
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("postgresql://me:s3cret@db:5432/app", "postgresql://me:***@db:5432/app"),
+        ("postgresql://me@db/app", "postgresql://me@db/app"),
+        ("host=db password=s3cret user=me", "host=db password=*** user=me"),
+        ("host=db password='s3 cret' user=me", "host=db password=*** user=me"),
+        ("postgresql://db/app?user=me&password=s3cret", "postgresql://db/app?user=me&password=***"),
+    ],
+)
+def test_redact_hides_passwords(dsn: str, shown: str) -> None:
+    assert redact(dsn) == shown
+
+
+def test_migrations_are_numbered_without_gaps_and_have_down_files() -> None:
+    found = migrations.available()
+    assert [m.version for m in found] == list(range(1, len(found) + 1))
+    for m in found:
+        assert m.up.strip() and m.down.strip()
+
+
+def test_every_named_query_parses() -> None:
+    names = set(_sql.queries())
+    assert {"job_enqueue", "job_dequeue", "job_complete_many", "migration_lock"} <= names
+    for query in _sql.queries().values():
+        assert query.as_string(None).strip()
