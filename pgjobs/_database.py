@@ -35,7 +35,7 @@ def uses_embedded(dsn: str | None = None) -> bool:
     return not (dsn or os.environ.get("PGJOBS_DSN") or os.environ.get("DATABASE_URL"))
 
 
-_URI_PASSWORD = re.compile(r"^(\w+://[^:/@]*:)([^@]*)(@)")
+_URI_PASSWORD = re.compile(r"^(\w+://[^:/@]*:)([^@]+)(@)")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
