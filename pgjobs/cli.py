@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -69,6 +70,14 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _connection(args: argparse.Namespace) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the database the command was given, its schema checked."""
+    with _database.connect(migrations.prepare(args.dsn)) as conn:
+        migrations.check(conn)
+        yield conn
+
+
 def _enqueue(args: argparse.Namespace) -> int:
     try:
         task_args = json.loads(args.args)
@@ -79,21 +88,20 @@ def _enqueue(args: argparse.Namespace) -> int:
         for k in ("queue", "priority", "delay", "group_key", "key", "retries", "timeout")
         if getattr(args, k) is not None
     }
-    if args.dsn:
-        os.environ["PGJOBS_DSN"] = args.dsn
-    job = client.enqueue(args.task, args=task_args, **options)
-    if args.wait is not None:
-        job.refresh(until_complete=args.wait)
-        print(_job_json(job))
-    else:
+    with _connection(args) as conn:
+        job = client.enqueue(args.task, args=task_args, conn=conn, **options)
+    if args.wait is None:
         print(job.id)
-    return 0
+        return 0
+    assert job.id is not None
+    (job,) = client.wait([job.id], args.wait, dsn=args.dsn)
+    print(_job_json(job))
+    return 0 if job.finished else 1
 
 
 def _show(args: argparse.Namespace) -> int:
-    if args.dsn:
-        os.environ["PGJOBS_DSN"] = args.dsn
-    job = client.get_job(args.job_id)
+    with _connection(args) as conn:
+        job = client.get_job(args.job_id, conn=conn)
     if job is None:
         raise PgjobsError(f"no job {args.job_id}")
     print(_job_json(job))
@@ -101,9 +109,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    if args.dsn:
-        os.environ["PGJOBS_DSN"] = args.dsn
-    status = client.cancel(args.job_id)
+    with _connection(args) as conn:
+        status = client.cancel(args.job_id, conn=conn)
     if status is None:
         raise PgjobsError(f"no job {args.job_id}")
     print(status)
