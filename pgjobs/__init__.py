@@ -2,6 +2,7 @@
 
 from ._database import redact, resolve_dsn
 from .client import (
+    Event,
     JobRequest,
     cancel,
     cancel_async,
@@ -11,15 +12,24 @@ from .client import (
     enqueue_async,
     enqueue_many,
     enqueue_many_async,
+    events,
+    events_async,
     get_job,
     get_job_async,
+    is_alive,
+    is_alive_async,
     job,
+    reap,
+    reap_async,
+    stop_worker,
+    stop_worker_async,
     wait,
     wait_async,
 )
 from .errors import ArgumentError, ConfigurationError, PgjobsError, SchemaError, UnknownTaskError
 from .job import Job, JobStatus
 from .migrations import migrate
+from .reaper import ReapCounts, Reaper, ReaperConfig
 from .tasks import Task, task
 from .worker import Worker
 
@@ -28,10 +38,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ArgumentError",
     "ConfigurationError",
+    "Event",
     "Job",
     "JobRequest",
     "JobStatus",
     "PgjobsError",
+    "ReapCounts",
+    "Reaper",
+    "ReaperConfig",
     "SchemaError",
     "Task",
     "UnknownTaskError",
@@ -44,12 +58,20 @@ __all__ = [
     "enqueue_async",
     "enqueue_many",
     "enqueue_many_async",
+    "events",
+    "events_async",
     "get_job",
     "get_job_async",
+    "is_alive",
+    "is_alive_async",
     "job",
     "migrate",
+    "reap",
+    "reap_async",
     "redact",
     "resolve_dsn",
+    "stop_worker",
+    "stop_worker_async",
     "task",
     "wait",
     "wait_async",

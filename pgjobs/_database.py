@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
+import random
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -15,6 +20,8 @@ from . import embedded
 from .errors import ConfigurationError
 
 Row = dict[str, Any]
+
+logger = logging.getLogger("pgjobs")
 
 _embedded_dsn: str | None = None
 
@@ -87,3 +94,59 @@ async def fetch_async(
 def listen_query(channels: Sequence[str]) -> sql.Composed:
     """``LISTEN`` on each channel, the names quoted as identifiers."""
     return sql.SQL("; ").join(sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in channels)
+
+
+class Link:
+    """One long-lived async connection, reopened with backoff and jitter after it breaks.
+
+    :param setup: run on each new connection (LISTEN, re-registration…) before it is handed out.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        name: str,
+        setup: Callable[[psycopg.AsyncConnection[Row]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.dsn, self.name, self.setup = dsn, name, setup
+        self.conn: psycopg.AsyncConnection[Row] | None = None
+        self.failures = 0
+
+    async def get(self, deadline: float | None = None) -> psycopg.AsyncConnection[Row]:
+        """The connection, reconnecting until it works (or, past the monotonic deadline, raising)."""
+        delay = 0.05
+        while self.conn is None or self.conn.closed:
+            try:
+                conn = await connect_async(self.dsn)
+                if self.setup is not None:
+                    await self.setup(conn)
+                self.conn = conn
+                if self.failures:
+                    logger.info("%s connection restored", self.name)
+                self.failures = 0
+            except (ConfigurationError, psycopg.OperationalError) as exc:
+                self.failures += 1
+                if self.failures == 1 or self.failures % 20 == 0:
+                    logger.warning("%s connection failed (%s); retrying", self.name, first_line(exc))
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 5.0)
+        return self.conn
+
+    async def broken(self, exc: BaseException) -> None:
+        """Drop the connection after an error; the next get() reconnects."""
+        logger.warning("%s connection lost: %s", self.name, first_line(exc))
+        await self.close()
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for one-line logs."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,6 +18,7 @@ import psycopg
 from . import _database, _sql, client, embedded, migrations, tasks
 from .errors import PgjobsError
 from .job import Job
+from .reaper import ReaperConfig
 from .worker import Worker
 
 logger = logging.getLogger("pgjobs")
@@ -48,13 +49,11 @@ def _worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         poll_interval=args.poll_interval,
         shutdown_grace=args.shutdown_grace,
+        heart_rate=args.heart_rate,
+        reaper=None if args.no_reaper else ReaperConfig(interval=args.reap_interval),
         log_args=args.log_args,
     )
     asyncio.run(worker.run(handle_signals=True))
-    if worker.busy_threads:
-        # Sync tasks cannot be interrupted; their jobs were given back, so leave without them.
-        logging.shutdown()
-        os._exit(0)
     return 0
 
 
@@ -114,6 +113,42 @@ def _cancel(args: argparse.Namespace) -> int:
     if status is None:
         raise PgjobsError(f"no job {args.job_id}")
     print(status)
+    return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    with _connection(args) as conn:
+        rows = _database.fetch(conn, _sql.query("worker_list"))
+    for r in rows:
+        if args.all or r["status"] in ("running", "stopping"):
+            state = r["status"] if r["alive"] or r["status"] in ("stopped", "dead") else f"{r['status']} (silent)"
+            print(
+                f"{r['id']}  {state}  queues={','.join(r['queues'])} concurrency={r['concurrency']} "
+                f"user={r['os_user']} started={r['started_at']:%Y-%m-%d %H:%M:%S} beat={r['heartbeat_at']:%H:%M:%S}"
+            )
+    return 0
+
+
+def _worker_stop(args: argparse.Namespace) -> int:
+    with _connection(args) as conn:
+        status = client.stop_worker(args.worker_id, conn=conn)
+    if status is None:
+        raise PgjobsError(f"no worker {args.worker_id!r}")
+    print(status)
+    return 0
+
+
+def _reap(args: argparse.Namespace) -> int:
+    with _connection(args) as conn:
+        counts = client.reap(conn=conn, grace_multiplier=args.grace_multiplier)
+    print(", ".join(f"{v} {k.replace('_', ' ')}" for k, v in vars(counts).items()))
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    dsn = migrations.prepare(args.dsn)
+    for event in client.events(dsn=dsn, timeout=args.timeout):
+        print(f"{event.job_id} {event.status}", flush=True)
     return 0
 
 
@@ -186,8 +221,27 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-c", "--concurrency", type=int, default=10, help="jobs run at once (default 10)")
     c.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls (default 1)")
     c.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds to finish jobs on stop (default 30)")
+    c.add_argument("--heart-rate", type=float, default=5.0, help="seconds between heartbeats (default 5)")
+    c.add_argument("--reap-interval", type=float, default=5.0, help="seconds between reaper passes (default 5)")
+    c.add_argument("--no-reaper", action="store_true", help="never run the reaper in this worker")
     c.add_argument("--log-args", action="store_true", help="log job arguments at DEBUG")
     c.set_defaults(func=_worker)
+
+    c = command("workers", "list workers, newest first")
+    c.add_argument("--all", action="store_true", help="include stopped and dead workers")
+    c.set_defaults(func=_workers)
+
+    c = command("worker-stop", "ask a worker to stop gracefully, wherever it runs")
+    c.add_argument("worker_id")
+    c.set_defaults(func=_worker_stop)
+
+    c = command("reap", "run one reaper pass and print what it did")
+    c.add_argument("--grace-multiplier", type=float, default=2.1)
+    c.set_defaults(func=_reap)
+
+    c = command("events", "print job state changes as they happen (Ctrl-C to stop)")
+    c.add_argument("--timeout", type=float, help="stop after this many seconds")
+    c.set_defaults(func=_events)
 
     c = command("migrate", "create or upgrade the pgjobs schema")
     c.add_argument("--to", type=int, help="migrate up or down to this version (default: latest)")

@@ -13,7 +13,7 @@ import datetime as dt
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from . import _database, _sql, migrations
 from .errors import ArgumentError
 from .job import Job, JobStatus, check_arguments, to_json
+from .reaper import ReapCounts
 from .tasks import Task
 
 T = TypeVar("T")
@@ -387,3 +388,95 @@ async def wait_async(job_ids: Iterable[int], timeout: float | None = None, *, ds
 def wait(job_ids: Iterable[int], timeout: float | None = None, *, dsn: str | None = None) -> list[Job]:
     """The sync twin of wait_async() (it runs the async one; call it where no event loop runs)."""
     return asyncio.run(wait_async(job_ids, timeout, dsn=dsn))
+
+
+# ------------------------------------------------------------------------------------------------
+# Workers, the reaper, events
+# ------------------------------------------------------------------------------------------------
+def _stop_worker_call(worker_id: str) -> _Call[str | None]:
+    return _Call(_sql.query("worker_stop"), {"id": worker_id}, lambda rows: rows[0]["status"])
+
+
+def _is_alive_call(worker_id: str, grace_multiplier: float) -> _Call[bool]:
+    return _Call(
+        _sql.query("worker_is_alive"),
+        {"id": worker_id, "grace": grace_multiplier},
+        lambda rows: bool(rows[0]["alive"]),
+    )
+
+
+def _reap_call(batch_size: int, grace_multiplier: float) -> _Call[ReapCounts]:
+    return _Call(
+        _sql.query("reap"),
+        {"batch_size": batch_size, "grace": grace_multiplier},
+        lambda rows: ReapCounts(**rows[0]),
+    )
+
+
+def stop_worker(worker_id: str, *, conn: Connection | None = None) -> str | None:
+    """Ask a worker to stop gracefully, wherever it runs; returns its status (None: unknown id)."""
+    return _run(_stop_worker_call(worker_id), conn)
+
+
+async def stop_worker_async(worker_id: str, *, conn: AsyncConnection | None = None) -> str | None:
+    """The async twin of stop_worker()."""
+    return await _run_async(_stop_worker_call(worker_id), conn)
+
+
+def is_alive(worker_id: str, grace_multiplier: float = 2.1, *, conn: Connection | None = None) -> bool:
+    """Whether a worker is running and beat within grace_multiplier heart rates (database clock)."""
+    return _run(_is_alive_call(worker_id, grace_multiplier), conn)
+
+
+async def is_alive_async(worker_id: str, grace_multiplier: float = 2.1, *, conn: AsyncConnection | None = None) -> bool:
+    """The async twin of is_alive()."""
+    return await _run_async(_is_alive_call(worker_id, grace_multiplier), conn)
+
+
+def reap(*, batch_size: int = 1000, grace_multiplier: float = 2.1, conn: Connection | None = None) -> ReapCounts:
+    """Run one reaper pass (see pgjobs.reap() in SQL) and return its counts."""
+    return _run(_reap_call(batch_size, grace_multiplier), conn)
+
+
+async def reap_async(
+    *, batch_size: int = 1000, grace_multiplier: float = 2.1, conn: AsyncConnection | None = None
+) -> ReapCounts:
+    """The async twin of reap()."""
+    return await _run_async(_reap_call(batch_size, grace_multiplier), conn)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A job changed status."""
+
+    job_id: int
+    status: JobStatus
+
+
+def _parse_events(payload: str) -> list[Event]:
+    events = []
+    for item in payload.split(","):
+        job_id, _, status = item.partition(":")
+        if job_id.isdigit() and status:
+            events.append(Event(int(job_id), JobStatus(status)))
+    return events
+
+
+def events(*, dsn: str | None = None, timeout: float | None = None) -> Iterator[Event]:
+    """Follow job state changes as they commit (until the timeout, if given)."""
+    with _database.connect(migrations.prepare(dsn)) as conn:
+        conn.execute(_database.listen_query(["pgjobs.events"]))
+        for note in conn.notifies(timeout=timeout):
+            yield from _parse_events(note.payload)
+
+
+async def events_async(*, dsn: str | None = None, timeout: float | None = None) -> AsyncIterator[Event]:
+    """The async twin of events()."""
+    conn = await _database.connect_async(await asyncio.to_thread(migrations.prepare, dsn))
+    try:
+        await conn.execute(_database.listen_query(["pgjobs.events"]))
+        async for note in conn.notifies(timeout=timeout):
+            for event in _parse_events(note.payload):
+                yield event
+    finally:
+        await conn.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal
@@ -87,11 +89,16 @@ class Job:
     started_at: dt.datetime | None = None
     touched_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
+    abort_reason: str | None = None
+    # Set by the worker running this job: its loop and how to touch the run.
+    _runner: tuple[asyncio.AbstractEventLoop, Callable[..., Awaitable[bool]]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
         """Build a Job from a ``pgjobs.jobs`` row (unknown columns are ignored)."""
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if not f.name.startswith("_")}
         values = {k: v for k, v in row.items() if k in known}
         values["status"] = JobStatus(values.get("status", "queued"))
         return cls(**values)
@@ -123,8 +130,54 @@ class Job:
         if fresh is None:
             raise LookupError(f"job {self.id} no longer exists")
         for f in fields(self):
-            setattr(self, f.name, getattr(fresh, f.name))
+            if not f.name.startswith("_"):
+                setattr(self, f.name, getattr(fresh, f.name))
         return self
+
+    @property
+    def stuck(self) -> bool:
+        """Whether an active run is past its timeout or its heartbeat (by this machine's clock;
+        the reaper decides by the database's)."""
+        if self.status is not JobStatus.ACTIVE:
+            return False
+        now = dt.datetime.now(dt.UTC)
+        late = (
+            self.timeout > 0 and self.started_at is not None and (now - self.started_at).total_seconds() > self.timeout
+        )
+        silent = (
+            self.heartbeat > 0
+            and self.touched_at is not None
+            and (now - self.touched_at).total_seconds() > self.heartbeat
+        )
+        return bool(late or silent)
+
+    def _bind(self, loop: asyncio.AbstractEventLoop, touch: Callable[..., Awaitable[bool]]) -> None:
+        self._runner = (loop, touch)
+
+    def _note(self, progress: float | None, meta: Mapping[str, Any] | None) -> None:
+        if progress is not None:
+            self.progress = progress
+        if meta is not None:
+            self.meta = {**self.meta, **meta}
+
+    def update(self, *, progress: float | None = None, meta: Mapping[str, Any] | None = None) -> bool:
+        """From a sync task: record progress (0 to 1) and merge meta into the stored job; this
+        also touches the run's heartbeat. False when the run is no longer this worker's."""
+        if self._runner is None:
+            raise RuntimeError("update() is for a job its worker is running (use pass_job=True)")
+        loop, touch = self._runner
+        with contextlib.suppress(RuntimeError):
+            if asyncio.get_running_loop() is loop:
+                raise TypeError("in an async task, use await job.update_async(...)")
+        self._note(progress, meta)
+        return asyncio.run_coroutine_threadsafe(touch(progress, meta), loop).result()  # type: ignore[arg-type]
+
+    async def update_async(self, *, progress: float | None = None, meta: Mapping[str, Any] | None = None) -> bool:
+        """The async twin of update(), for async tasks."""
+        if self._runner is None:
+            raise RuntimeError("update_async() is for a job its worker is running (use pass_job=True)")
+        self._note(progress, meta)
+        return await self._runner[1](progress, meta)
 
     def refresh(self, until_complete: float | None = None) -> Job:
         """Reload this job; with ``until_complete``, first wait up to that many seconds for it to

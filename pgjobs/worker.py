@@ -1,8 +1,10 @@
-"""The worker: claims due jobs, runs their tasks, records what happened.
+"""The worker: claims due jobs, runs their tasks, records what happened, and proves it is alive.
 
-Async tasks run on the worker's event loop, sync tasks in a thread pool. Jobs are claimed in
-batches sized to the free slots; outcomes are written in batches by one flusher, never before the
-task has finished. Connections that break are reopened with backoff and jitter.
+Async tasks run on the worker's event loop; each sync task runs in a thread of its own, so one
+that cannot be interrupted never takes a slot from the next job. Jobs are claimed in batches sized
+to the free slots; outcomes are written in batches by one flusher, never before the task has
+finished. A heartbeat thread with its own connection keeps the worker's row and its runs fresh,
+so a CPU-bound task cannot starve it. Connections that break are reopened with backoff.
 """
 
 from __future__ import annotations
@@ -11,17 +13,17 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import getpass
 import inspect
 import logging
 import os
-import random
 import secrets
 import signal
 import socket
+import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,11 +32,24 @@ import psycopg
 from . import _database, _sql, migrations
 from .errors import ArgumentError, ConfigurationError
 from .job import Job, to_json
+from .reaper import Reaper, ReaperConfig
 from .tasks import Task, registry
 
 logger = logging.getLogger("pgjobs.worker")
 
 AsyncConnection = psycopg.AsyncConnection[_database.Row]
+
+# Test hook: PGJOBS_FAULT=<point> makes the process SIGKILL itself there, so that tests can crash
+# a worker at the exact moments that matter (after_claim, before_record).
+_FAULT = os.environ.get("PGJOBS_FAULT")
+
+
+DEFAULT_REAPER = ReaperConfig()
+
+
+def _fault(point: str) -> None:
+    if point == _FAULT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -51,51 +66,6 @@ class _NotRetryable(Exception):
     """A failure that another attempt cannot mend (unknown task, result JSON cannot carry)."""
 
 
-class _Link:
-    """One connection of the worker's, reopened with backoff and jitter after it breaks."""
-
-    def __init__(self, dsn: str, name: str, setup: Callable[[AsyncConnection], Awaitable[None]] | None = None) -> None:
-        self.dsn, self.name, self.setup = dsn, name, setup
-        self.conn: AsyncConnection | None = None
-        self.failures = 0
-
-    async def get(self, deadline: float | None = None) -> AsyncConnection:
-        delay = 0.05
-        while self.conn is None or self.conn.closed:
-            try:
-                conn = await _database.connect_async(self.dsn)
-                if self.setup is not None:
-                    await self.setup(conn)
-                self.conn = conn
-                if self.failures:
-                    logger.info("%s connection restored", self.name)
-                self.failures = 0
-            except (ConfigurationError, psycopg.OperationalError) as exc:
-                self.failures += 1
-                if self.failures == 1 or self.failures % 20 == 0:
-                    logger.warning("%s connection failed (%s); retrying", self.name, _first_line(exc))
-                if deadline is not None and time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 5.0)
-        return self.conn
-
-    async def broken(self, exc: BaseException) -> None:
-        logger.warning("%s connection lost: %s", self.name, _first_line(exc))
-        await self.close()
-
-    async def close(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def default_worker_id() -> str:
     """A fresh id per process start: host, pid and a random suffix."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -110,6 +80,8 @@ class Worker:
     :param poll_interval: seconds between polls when no notification arrives (a lost NOTIFY
         delays a job by at most this much).
     :param shutdown_grace: seconds running jobs get to finish after stop(); the rest are given back.
+    :param heart_rate: seconds between heartbeats of the worker and its runs.
+    :param reaper: how the reaper runs inside this worker; None runs none here.
     :param tasks: task name to Task; defaults to every task registered in this process.
     :param log_args: log each job's arguments at DEBUG.
     """
@@ -122,6 +94,8 @@ class Worker:
         concurrency: int = 10,
         poll_interval: float = 1.0,
         shutdown_grace: float = 30.0,
+        heart_rate: float = 5.0,
+        reaper: ReaperConfig | None = DEFAULT_REAPER,
         tasks: Mapping[str, Task[..., Any]] | None = None,
         worker_id: str | None = None,
         log_args: bool = False,
@@ -130,15 +104,21 @@ class Worker:
             raise ValueError("concurrency must be at least 1")
         if not queues:
             raise ValueError("a worker needs at least one queue")
+        if not heart_rate > 0:
+            raise ValueError("heart_rate must be a positive number of seconds")
         self.dsn = dsn
         self.id = worker_id or default_worker_id()
         self.queues = list(dict.fromkeys(queues))
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.shutdown_grace = shutdown_grace
+        self.heart_rate = heart_rate
         self.tasks = tasks if tasks is not None else registry
         self.log_args = log_args
+        self._reaper = Reaper(dsn, reaper) if reaper is not None else None
         self._running: dict[int, asyncio.Task[None]] = {}
+        self._held: tuple[tuple[int, int], ...] = ()  # (job id, attempt) of each run, for the heart
+        self._stop_reason: dict[int, Literal["abort", "lost"]] = {}
         self._outbox: list[_Outcome] = []
         self._stopping = False
         self._closing = False
@@ -147,10 +127,10 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._outbox_ready: asyncio.Event | None = None
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="pgjobs-task")
-        self._claim_link = _Link(dsn, "claim", self._after_claim_reconnect)
-        self._record_link = _Link(dsn, "record")
-        self._listen_link = _Link(dsn, "listen", self._listen_setup)
+        self._heart_stop = threading.Event()
+        self._claim_link = _database.Link(dsn, "claim", self._after_claim_reconnect)
+        self._record_link = _database.Link(dsn, "record")
+        self._listen_link = _database.Link(dsn, "listen", self._listen_setup)
 
     # -- control --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -161,9 +141,14 @@ class Worker:
         elif self._loop.is_running():
             self._loop.call_soon_threadsafe(self._stop_now)
 
-    def _stop_now(self) -> None:
+    @property
+    def stopping(self) -> bool:
+        """Whether stop() was called."""
+        return self._stopping
+
+    def _stop_now(self, why: str = "") -> None:
         if not self._stopping:
-            logger.info("worker %s stopping", self.id)
+            logger.info("worker %s stopping%s", self.id, why)
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
@@ -177,29 +162,24 @@ class Worker:
         logger.info("%s received: finishing running jobs (again to exit at once)", signal.Signals(signum).name)
         self._stop_now()
 
-    @property
-    def stopping(self) -> bool:
-        """Whether stop() was called."""
-        return self._stopping
-
-    @property
-    def busy_threads(self) -> bool:
-        """Whether sync tasks are still running in threads (they cannot be interrupted)."""
-        return any(t.is_alive() for t in getattr(self._executor, "_threads", ()))
-
     # -- main -------------------------------------------------------------------------------------
     async def run(self, *, handle_signals: bool = False) -> None:
         """Process jobs until stop() (or, with handle_signals, SIGTERM or SIGINT)."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._outbox_ready = asyncio.Event()
-        await asyncio.to_thread(self._check_schema)
+        await asyncio.to_thread(self._register)
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
+        heart = threading.Thread(target=self._heart, name="pgjobs-heartbeat", daemon=True)
+        heart.start()
         await self._claim_link.get(deadline=time.monotonic())
         await self._listen_link.get(deadline=time.monotonic())
-        listener = asyncio.create_task(self._listen_loop(), name="pgjobs-listen")
+        helpers = [
+            asyncio.create_task(self._listen_loop(), name="pgjobs-listen"),
+            *([asyncio.create_task(self._reaper.run(), name="pgjobs-reaper")] if self._reaper else []),
+        ]
         flusher = asyncio.create_task(self._flush_loop(), name="pgjobs-flush")
         logger.info(
             "worker %s started: queues %s, concurrency %d, tasks %s",
@@ -216,19 +196,30 @@ class Worker:
             except (TimeoutError, psycopg.Error, ConfigurationError) as exc:
                 ids = [o.job.id for o in self._outbox]
                 logger.error("could not record the outcome of jobs %s (%s); the reaper will reset them", ids, exc)
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
             for link in (self._claim_link, self._record_link, self._listen_link):
                 await link.close()
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._heart_stop.set()
+            await asyncio.to_thread(heart.join)
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(sig)
             logger.info("worker %s stopped", self.id)
 
-    def _check_schema(self) -> None:
+    def _register(self) -> None:
         with _database.connect(self.dsn) as conn:
             migrations.check(conn)
+            _database.fetch(
+                conn,
+                _sql.query("worker_register"),
+                {
+                    "id": self.id, "hostname": socket.gethostname(), "pid": os.getpid(),
+                    "os_user": getpass.getuser(), "queues": self.queues, "concurrency": self.concurrency,
+                    "heart_rate": self.heart_rate,
+                },
+            )  # fmt: skip
 
     async def _claim_loop(self) -> None:
         assert self._wake is not None
@@ -237,6 +228,7 @@ class Worker:
             if free > 0:
                 self._wake.clear()
                 jobs = await self._claim(free)
+                _fault("after_claim") if jobs else None
                 for job in jobs:
                     self._start(job)
                 self._saturated = len(jobs) == free
@@ -273,10 +265,61 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
+    # -- heartbeat ------------------------------------------------------------------------------
+    def _heart(self) -> None:
+        """Beat at a steady rate: after a beat that took t seconds, wait heart_rate - t (none when
+        it overran). Runs in its own thread with its own connection."""
+        conn: psycopg.Connection[_database.Row] | None = None
+        while True:
+            began = time.monotonic()
+            try:
+                if conn is None or conn.closed:
+                    conn = _database.connect(self.dsn)
+                if self._heart_stop.is_set():
+                    _database.fetch(conn, _sql.query("worker_stopped"), {"id": self.id})
+                    conn.close()
+                    return
+                held = self._held
+                rows = _database.fetch(
+                    conn,
+                    _sql.query("worker_heartbeat"),
+                    {"id": self.id, "job_ids": [h[0] for h in held], "attempts": [h[1] for h in held]},
+                )
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._on_heartbeat, rows[0])
+            except psycopg.errors.NoDataFound:
+                logger.warning("worker %s was forgotten by the database; registering again", self.id)
+                with contextlib.suppress(psycopg.Error, ConfigurationError):
+                    self._register()
+            except (psycopg.Error, ConfigurationError) as exc:
+                logger.warning("heartbeat failed: %s", _database.first_line(exc))
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+                conn = None
+                if self._heart_stop.is_set():
+                    return
+            self._heart_stop.wait(max(0.0, self.heart_rate - (time.monotonic() - began)))
+
+    def _on_heartbeat(self, row: _database.Row) -> None:
+        if row["status"] == "stopping" and not self._stopping:
+            self._stop_now(" (asked through the database)")
+        for job_id in row["abort"]:
+            self._stop_run(job_id, "abort")
+        for job_id in row["lost"]:
+            self._stop_run(job_id, "lost")
+
+    def _stop_run(self, job_id: int, reason: Literal["abort", "lost"]) -> None:
+        task = self._running.get(job_id)
+        if task is not None and job_id not in self._stop_reason:
+            self._stop_reason[job_id] = reason
+            task.cancel()
+
     # -- notifications ------------------------------------------------------------------------------
     async def _listen_setup(self, conn: AsyncConnection) -> None:
         rows = await _database.fetch_async(conn, _sql.query("queue_channels"), {"queues": self.queues})
-        await conn.execute(_database.listen_query([r["channel"] for r in rows]))
+        channels = [r["channel"] for r in rows] + ["pgjobs.cancel", "pgjobs.worker"]
+        await conn.execute(_database.listen_query(channels))
         if self._wake is not None:
             self._wake.set()  # notifications sent while we were not listening are lost: look now
 
@@ -285,29 +328,41 @@ class Worker:
         while True:
             try:
                 conn = await self._listen_link.get()
-                async for _ in conn.notifies():
-                    self._wake.set()
+                async for note in conn.notifies():
+                    if note.channel == "pgjobs.cancel":
+                        for job_id in note.payload.split(","):
+                            if job_id.isdigit():
+                                self._stop_run(int(job_id), "abort")
+                    elif note.channel == "pgjobs.worker":
+                        if note.payload == self.id:
+                            self._stop_now(" (asked through the database)")
+                    else:
+                        self._wake.set()
             except psycopg.OperationalError as exc:
                 await self._listen_link.broken(exc)
 
     # -- running jobs ---------------------------------------------------------------------------
     def _start(self, job: Job) -> None:
-        assert job.id is not None
+        assert job.id is not None and self._loop is not None
         logger.info("job %d %s active (attempt %d of %d)", job.id, job.task, job.attempts, job.max_attempts)
         if self.log_args:
             logger.debug("job %d args: %r", job.id, job.args)
+        job._bind(self._loop, functools.partial(self._touch, job))
         t = asyncio.create_task(self._execute(job), name=f"pgjobs-job-{job.id}")
         self._running[job.id] = t
+        self._held = (*self._held, (job.id, job.attempts))
         t.add_done_callback(functools.partial(self._finished, job.id))
 
     def _finished(self, job_id: int, _: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
+        self._stop_reason.pop(job_id, None)
+        self._held = tuple(h for h in self._held if h[0] != job_id)
         if self._saturated and self._wake is not None:
             self._wake.set()
 
     async def _execute(self, job: Job) -> None:
         started = time.perf_counter()
-        outcome: _Outcome
+        outcome: _Outcome | None
         try:
             task = self.tasks.get(job.task)
             if task is None:
@@ -317,17 +372,28 @@ class Worker:
                 to_json(result, f"the result of task {job.task!r}")
             except ArgumentError as exc:
                 raise _NotRetryable(str(exc)) from None
+            _fault("before_record")
             outcome = _Outcome("complete", job, time.perf_counter() - started, result=result)
         except asyncio.CancelledError:
-            outcome = _Outcome("release", job, time.perf_counter() - started)
+            assert job.id is not None
+            reason = self._stop_reason.get(job.id)
+            elapsed = time.perf_counter() - started
+            if reason == "lost":
+                logger.warning("job %d %s stopped: it is no longer this worker's run", job.id, job.task)
+                outcome = None
+            elif reason == "abort":
+                outcome = _Outcome("fail", job, elapsed, error="cancelled while running")
+            else:
+                outcome = _Outcome("release", job, elapsed)
         except _NotRetryable as exc:
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=str(exc), retry=False)
         except BaseException as exc:  # a task's SystemExit must not leave its job active
             error = "".join(traceback.format_exception(exc))
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=error)
-        self._outbox.append(outcome)
-        assert self._outbox_ready is not None
-        self._outbox_ready.set()
+        if outcome is not None:
+            self._outbox.append(outcome)
+            assert self._outbox_ready is not None
+            self._outbox_ready.set()
 
     async def _invoke(self, task: Task[..., Any], job: Job) -> Any:
         leading = (job,) if task.pass_job else ()
@@ -337,11 +403,24 @@ class Worker:
             call = functools.partial(task.func, *leading, **job.args)
         if task.is_async:
             return await call()
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._executor, contextvars.copy_context().run, call)
+        result = await _in_thread(call, f"pgjobs-job-{job.id}")
         if inspect.isawaitable(result):
             result = await result
         return result
+
+    async def _touch(self, job: Job, progress: float | None, meta: Mapping[str, Any] | None) -> bool:
+        conn = await self._record_link.get()
+        rows = await _database.fetch_async(
+            conn,
+            _sql.query("job_touch"),
+            {
+                "id": job.id,
+                "attempt": job.attempts,
+                "progress": progress,
+                "meta": to_json(dict(meta), "meta") if meta is not None else None,
+            },
+        )
+        return bool(rows[0]["touched"])
 
     # -- recording outcomes ---------------------------------------------------------------------
     async def _flush_loop(self) -> None:
@@ -381,7 +460,7 @@ class Worker:
                     logger.info("job %d %s complete in %.1f ms", o.job.id, o.job.task, o.seconds * 1000)
                 else:
                     logger.warning(
-                        "job %d %s finished, but it was no longer ours: result dropped", o.job.id, o.job.task
+                        "job %d %s finished, but the run was no longer ours: result dropped", o.job.id, o.job.task
                     )
         for o in batch:
             if o.kind == "fail":
@@ -390,22 +469,7 @@ class Worker:
                     _sql.query("job_fail"),
                     {"id": o.job.id, "error": o.error, "attempt": o.job.attempts, "retry": o.retry},
                 )
-                status = rows[0]["status"]
-                summary = (o.error or "").strip().splitlines()[-1:] or [""]
-                if status == "queued":
-                    logger.info(
-                        "job %d %s queued for retry after %.1f ms: %s",
-                        o.job.id,
-                        o.job.task,
-                        o.seconds * 1000,
-                        summary[0],
-                    )
-                elif status is None:
-                    logger.warning("job %d %s failed, but it was no longer ours: %s", o.job.id, o.job.task, summary[0])
-                else:
-                    logger.warning(
-                        "job %d %s %s after %.1f ms: %s", o.job.id, o.job.task, status, o.seconds * 1000, summary[0]
-                    )
+                self._log_failure(o, rows[0]["status"])
         released = [o for o in batch if o.kind == "release"]
         if released:
             await _database.fetch_async(
@@ -413,3 +477,37 @@ class Worker:
             )
             for o in released:
                 logger.info("job %d %s given back to the queue after %.1f ms", o.job.id, o.job.task, o.seconds * 1000)
+
+    @staticmethod
+    def _log_failure(o: _Outcome, status: str | None) -> None:
+        summary = ((o.error or "").strip().splitlines() or [""])[-1]
+        ms = o.seconds * 1000
+        if status == "queued":
+            logger.info("job %d %s queued for retry after %.1f ms: %s", o.job.id, o.job.task, ms, summary)
+        elif status is None:
+            logger.warning("job %d %s failed, but the run was no longer ours: %s", o.job.id, o.job.task, summary)
+        else:
+            logger.warning("job %d %s %s after %.1f ms: %s", o.job.id, o.job.task, status, ms, summary)
+
+
+async def _in_thread(call: Callable[[], Any], name: str) -> Any:
+    """Run a sync call in a daemon thread of its own and await its result. Cancelling the await
+    abandons the thread (Python cannot interrupt it): it finishes in the background, unheard."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            future.set_result(value) if ok else future.set_exception(value)
+
+    def target() -> None:
+        try:
+            ok, value = True, context.run(call)
+        except BaseException as exc:
+            ok, value = False, exc
+        with contextlib.suppress(RuntimeError):  # the worker's loop may be gone by now
+            loop.call_soon_threadsafe(settle, ok, value)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return await future

@@ -86,3 +86,40 @@ SELECT pgjobs.release(%(worker_id)s, ARRAY(
 -- name: queue_channels
 -- The NOTIFY channel of each queue.
 SELECT pgjobs.queue_channel(q) AS channel FROM unnest(%(queues)s::text[]) AS q;
+
+-- name: reap
+-- One reaper pass; one row of counts.
+SELECT * FROM pgjobs.reap(%(batch_size)s, %(grace)s);
+
+-- name: reaper_lead
+-- Try to become the reaper's leader: a session advisory lock held until the connection closes.
+SELECT pg_try_advisory_lock(1885957988, 0) AS leader;
+
+-- name: worker_register
+-- Register a worker process.
+SELECT pgjobs.worker_register(%(id)s, %(hostname)s, %(pid)s, %(os_user)s, %(queues)s, %(concurrency)s,
+                              %(heart_rate)s);
+
+-- name: worker_heartbeat
+-- One heartbeat: touches the worker's runs; returns its status and the runs to abort or drop.
+SELECT * FROM pgjobs.worker_heartbeat(%(id)s, %(job_ids)s::bigint[], %(attempts)s::integer[]);
+
+-- name: worker_stopped
+-- Record a clean exit.
+SELECT pgjobs.worker_stopped(%(id)s);
+
+-- name: worker_stop
+-- Ask a worker to stop; returns its status.
+SELECT pgjobs.worker_stop(%(id)s) AS status;
+
+-- name: worker_list
+-- Workers, newest first, with whether each is alive.
+SELECT w.*, pgjobs.worker_is_alive(w.id) AS alive FROM pgjobs.workers w ORDER BY w.started_at DESC;
+
+-- name: worker_is_alive
+-- Whether a worker is alive.
+SELECT pgjobs.worker_is_alive(%(id)s, %(grace)s) AS alive;
+
+-- name: job_touch
+-- Touch a running job, with optional progress and meta.
+SELECT pgjobs.touch(%(id)s, %(attempt)s, %(progress)s, %(meta)s) AS touched;
