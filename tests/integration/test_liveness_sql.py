@@ -1,0 +1,219 @@
+"""Workers, heartbeats, fences and the reaper through the SQL API, with the database clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+
+def one(conn: Conn, query: str, params: Any = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return next(iter(row.values()))
+
+
+def register(conn: Conn, worker_id: str, heart_rate: float = 1.0) -> None:
+    conn.execute("SELECT pgjobs.worker_register(%s, 'host', 1, 'me', '{default}', 4, %s)", [worker_id, heart_rate])
+
+
+def claim(conn: Conn, worker_id: str, n: int = 10) -> list[dict[str, Any]]:
+    return conn.execute("SELECT * FROM pgjobs.dequeue(%s, '{default}', %s)", [worker_id, n]).fetchall()
+
+
+def beat(conn: Conn, worker_id: str, held: list[tuple[int, int]]) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT * FROM pgjobs.worker_heartbeat(%s, %s::bigint[], %s::int[])",
+        [worker_id, [h[0] for h in held], [h[1] for h in held]],
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def silence(conn: Conn, worker_id: str, seconds: float) -> None:
+    """Make a worker's last heartbeat `seconds` old (as if it had stopped beating)."""
+    conn.execute(
+        "UPDATE pgjobs.workers SET heartbeat_at = now() - make_interval(secs => %s) WHERE id = %s",
+        [seconds, worker_id],
+    )
+
+
+def reap(conn: Conn) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM pgjobs.reap()").fetchone()
+    assert row is not None
+    return row
+
+
+def job(conn: Conn, job_id: int) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM pgjobs.jobs WHERE id = %s", [job_id]).fetchone()
+    assert row is not None
+    return row
+
+
+def test_a_heartbeat_touches_the_runs_and_reports_aborts_and_lost_runs(conn: Conn) -> None:
+    register(conn, "w1")
+    a, b, c = (one(conn, "SELECT pgjobs.enqueue('t')") for _ in range(3))
+    claim(conn, "w1")
+    conn.execute("UPDATE pgjobs.jobs SET touched_at = now() - interval '1 hour'")
+    conn.execute("SELECT pgjobs.cancel(%s)", [b])
+    # c was reset and claimed by someone else meanwhile: attempt 2 is not ours
+    conn.execute("UPDATE pgjobs.jobs SET attempts = 2, worker_id = 'w2' WHERE id = %s", [c])
+    row = beat(conn, "w1", [(a, 1), (b, 1), (c, 1)])
+    assert row == {"status": "running", "abort": [b], "lost": [c]}
+    assert one(conn, "SELECT touched_at > now() - interval '1 minute' FROM pgjobs.jobs WHERE id = %s", [a])
+    assert one(conn, "SELECT touched_at < now() - interval '1 minute' FROM pgjobs.jobs WHERE id = %s", [c])
+
+
+def test_a_heartbeat_from_an_unknown_worker_is_an_error(conn: Conn) -> None:
+    with pytest.raises(psycopg.errors.NoDataFound):
+        beat(conn, "nobody", [])
+
+
+def test_is_alive_follows_the_heartbeat_and_the_grace_multiplier(conn: Conn) -> None:
+    register(conn, "w1", heart_rate=10)
+    assert one(conn, "SELECT pgjobs.worker_is_alive('w1')") is True
+    silence(conn, "w1", 20)
+    assert one(conn, "SELECT pgjobs.worker_is_alive('w1')") is True  # 20 s < 2.1 x 10 s
+    assert one(conn, "SELECT pgjobs.worker_is_alive('w1', 1.5)") is False
+    silence(conn, "w1", 22)
+    assert one(conn, "SELECT pgjobs.worker_is_alive('w1')") is False
+    beat(conn, "w1", [])
+    assert one(conn, "SELECT pgjobs.worker_is_alive('w1')") is True
+    assert one(conn, "SELECT pgjobs.worker_is_alive('nobody')") is False
+
+
+def test_worker_stop_is_seen_at_the_next_heartbeat_and_announced(conn: Conn) -> None:
+    register(conn, "w1")
+    conn.execute('LISTEN "pgjobs.worker"')
+    assert one(conn, "SELECT pgjobs.worker_stop('w1')") == "stopping"
+    assert [n.payload for n in conn.notifies(timeout=0.5)] == ["w1"]
+    assert beat(conn, "w1", [])["status"] == "stopping"
+    assert one(conn, "SELECT pgjobs.worker_stop('nobody')") is None
+    conn.execute("SELECT pgjobs.worker_stopped('w1')")
+    assert one(conn, "SELECT status FROM pgjobs.workers WHERE id = 'w1'") == "stopped"
+
+
+def test_the_reaper_resets_the_jobs_of_a_dead_worker_and_unblocks_its_group(conn: Conn) -> None:
+    register(conn, "w1")
+    first = one(conn, "SELECT pgjobs.enqueue('t', group_key => 'g', retry_delay => 0)")
+    second = one(conn, "SELECT pgjobs.enqueue('t', group_key => 'g')")
+    last_try = one(conn, "SELECT pgjobs.enqueue('t', max_attempts => 1)")
+    claim(conn, "w1")
+    assert claim(conn, "w2") == []  # the group is held by w1
+    assert reap(conn)["dead_workers"] == 0
+    silence(conn, "w1", 3)
+    counts = reap(conn)
+    assert (counts["dead_workers"], counts["reset"]) == (1, 2)
+    assert one(conn, "SELECT status FROM pgjobs.workers WHERE id = 'w1'") == "dead"
+    row = job(conn, first)
+    assert (row["status"], row["attempts"], row["worker_id"]) == ("queued", 1, None)
+    assert "w1 died" in row["error"]
+    row = job(conn, last_try)
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+    # The group is free again: one of its jobs runs (the reset one is due after the other).
+    assert [r["id"] for r in claim(conn, "w2")] == [second]
+
+
+def test_the_reaper_kills_runs_past_their_timeout_and_they_are_retried(conn: Conn) -> None:
+    register(conn, "w1")
+    conn.execute('LISTEN "pgjobs.cancel"')
+    slow = one(conn, "SELECT pgjobs.enqueue('t', timeout => 5, retry_delay => 0)")
+    quick = one(conn, "SELECT pgjobs.enqueue('t', timeout => 5)")
+    claim(conn, "w1")
+    conn.execute("UPDATE pgjobs.jobs SET started_at = now() - interval '6 s' WHERE id = %s", [slow])
+    assert reap(conn)["killed"] == 1
+    row = job(conn, slow)
+    assert row["status"] == "aborting" and row["abort_reason"].startswith("timeout")
+    assert [n.payload for n in conn.notifies(timeout=0.5)] == [str(slow)]
+    assert job(conn, quick)["status"] == "active"
+    # The worker sees it at its next beat, stops the task and reports the failure.
+    assert beat(conn, "w1", [(slow, 1), (quick, 1)])["abort"] == [slow]
+    assert one(conn, "SELECT pgjobs.fail(%s, 'CancelledError', 1)", [slow]) == "queued"
+    row = job(conn, slow)
+    assert row["error"].startswith("timeout: ran longer than 5") and row["abort_reason"] is None
+
+
+def test_the_reaper_kills_runs_whose_heartbeat_stopped(conn: Conn) -> None:
+    register(conn, "w1")
+    silent = one(conn, "SELECT pgjobs.enqueue('t', heartbeat => 2, max_attempts => 1)")
+    kept = one(conn, "SELECT pgjobs.enqueue('t', heartbeat => 2)")
+    claim(conn, "w1")
+    conn.execute("UPDATE pgjobs.jobs SET touched_at = now() - interval '3 s' WHERE id = %s", [silent])
+    assert reap(conn)["killed"] == 1
+    assert one(conn, "SELECT pgjobs.fail(%s, 'stopped', 1)", [silent]) == "failed"
+    assert job(conn, silent)["error"].startswith("heartbeat")
+    assert job(conn, kept)["status"] == "active"
+
+
+def test_killed_runs_of_unregistered_clients_are_settled_by_the_reaper(conn: Conn) -> None:
+    job_id = one(conn, "SELECT pgjobs.enqueue('t', timeout => 1, retry_delay => 0)")
+    cancelled = one(conn, "SELECT pgjobs.enqueue('t')")
+    claim(conn, "some-go-client")
+    conn.execute("UPDATE pgjobs.jobs SET started_at = now() - interval '2 s' WHERE id = %s", [job_id])
+    conn.execute("SELECT pgjobs.cancel(%s)", [cancelled])
+    reap(conn)  # kills
+    reap(conn)  # nobody registered will stop it: settle
+    assert job(conn, job_id)["status"] == "queued"
+    assert job(conn, cancelled)["status"] == "aborted"
+
+
+def test_a_zombie_cannot_complete_or_touch_a_run_that_was_reset(conn: Conn) -> None:
+    register(conn, "zombie")
+    register(conn, "w2")
+    job_id = one(conn, "SELECT pgjobs.enqueue('t', retry_delay => 0)")
+    claim(conn, "zombie")
+    silence(conn, "zombie", 10)
+    reap(conn)
+    assert [r["attempts"] for r in claim(conn, "w2")] == [2]
+    assert one(conn, "SELECT pgjobs.complete(%s, '\"zombie\"', 1)", [job_id]) is False
+    assert one(conn, "SELECT pgjobs.fail(%s, 'zombie', 1)", [job_id]) is None
+    assert one(conn, "SELECT pgjobs.touch(%s, 1, 0.5)", [job_id]) is False
+    assert beat(conn, "zombie", [(job_id, 1)]) == {"status": "running", "abort": [], "lost": [job_id]}
+    assert job(conn, job_id)["status"] == "active" and job(conn, job_id)["worker_id"] == "w2"
+    assert one(conn, "SELECT pgjobs.complete(%s, '\"real\"', 2)", [job_id]) is True
+    assert job(conn, job_id)["result"] == "real"
+
+
+def test_touch_records_progress_and_merges_meta(conn: Conn) -> None:
+    job_id = one(conn, """SELECT pgjobs.enqueue('t', meta => '{"a": 1}')""")
+    claim(conn, "w1")
+    assert one(conn, """SELECT pgjobs.touch(%s, 1, 0.25, '{"b": 2}')""", [job_id]) is True
+    row = job(conn, job_id)
+    assert row["progress"] == 0.25 and row["meta"] == {"a": 1, "b": 2}
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="progress"):
+        conn.execute("SELECT pgjobs.touch(%s, 1, 7)", [job_id])
+
+
+def test_retention_deletes_finished_jobs_past_their_ttl(conn: Conn) -> None:
+    keep_forever = one(conn, "SELECT pgjobs.enqueue('t', ttl => 0)")
+    not_kept = one(conn, "SELECT pgjobs.enqueue('t', ttl => -1)")
+    expires = one(conn, "SELECT pgjobs.enqueue('t', ttl => 60)")
+    fresh = one(conn, "SELECT pgjobs.enqueue('t', ttl => 60)")
+    unfinished = one(conn, "SELECT pgjobs.enqueue('t', ttl => -1, priority => 9)")
+    claim(conn, "w1", 4)
+    conn.execute("SELECT pgjobs.complete_many(%s)", [[keep_forever, not_kept, expires, fresh]])
+    conn.execute(
+        "UPDATE pgjobs.jobs SET completed_at = now() - interval '1 day' WHERE id IN (%s, %s)",
+        [keep_forever, expires],
+    )
+    assert reap(conn)["deleted_jobs"] == 2
+    left = {r["id"] for r in conn.execute("SELECT id FROM pgjobs.jobs")}
+    assert left == {keep_forever, fresh, unfinished}
+
+
+def test_every_status_change_is_an_event(conn: Conn) -> None:
+    conn.execute('LISTEN "pgjobs.events"')
+    a = one(conn, "SELECT pgjobs.enqueue('t')")
+    b = one(conn, "SELECT pgjobs.enqueue('t', priority => 1)")
+    claim(conn, "w1", 1)
+    conn.execute("SELECT pgjobs.complete(%s)", [a])
+    conn.execute("SELECT pgjobs.cancel(%s)", [b])
+    conn.execute("UPDATE pgjobs.jobs SET meta = '{}'")  # no status change, no event
+    items = [i for n in conn.notifies(timeout=0.5) for i in n.payload.split(",")]
+    assert items == [f"{a}:queued", f"{b}:queued", f"{a}:active", f"{a}:complete", f"{b}:aborted"]
+    conn.execute("SET pgjobs.events = 'off'")
+    one(conn, "SELECT pgjobs.enqueue('t')")
+    assert list(conn.notifies(timeout=0.3)) == []
