@@ -1,0 +1,163 @@
+"""A Worker in this process: its row, timeouts, heartbeats, cancels, remote stop, progress."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+import pgjobs
+from pgjobs import Job, JobStatus, ReaperConfig
+
+from .test_worker import run_with_worker
+
+FAST = {"heart_rate": 0.2, "reaper": ReaperConfig(interval=0.2), "poll_interval": 0.2}
+
+
+@pgjobs.task(name="live.nap")
+async def nap(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "rested"
+
+
+@pgjobs.task(name="live.sync_nap")
+def sync_nap(seconds: float) -> str:
+    time.sleep(seconds)
+    return "rested"
+
+
+@pgjobs.task(name="live.busy", pass_job=True)
+async def busy(job: Job, seconds: float, report: bool) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if report:
+            assert await job.update_async(progress=min(1.0, 1 - (deadline - time.monotonic()) / seconds))
+        await asyncio.sleep(0.2)
+    return "done"
+
+
+@pgjobs.task(name="live.sync_progress", pass_job=True)
+def sync_progress(job: Job) -> float:
+    assert job.update(progress=0.5, meta={"stage": "half"})
+    return job.progress
+
+
+async def wait_for(dsn: str, job_id: int | None, timeout: float = 30) -> Job:
+    assert job_id is not None
+    (job,) = await pgjobs.wait_async([job_id], timeout, dsn=dsn)
+    return job
+
+
+def test_a_worker_registers_its_row_and_marks_it_stopped(env_dsn: str, conn: psycopg.Connection[Any]) -> None:
+    async def body(worker: pgjobs.Worker) -> str:
+        await asyncio.sleep(0.5)
+        assert await pgjobs.is_alive_async(worker.id)
+        return worker.id
+
+    worker_id = run_with_worker(env_dsn, body, concurrency=3, queues=["a", "b"], **FAST)
+    row = conn.execute("SELECT * FROM pgjobs.workers WHERE id = %s", [worker_id]).fetchone()
+    assert row is not None
+    assert (row["status"], row["queues"], row["concurrency"], row["heart_rate"]) == ("stopped", ["a", "b"], 3, 0.2)
+    assert row["pid"] > 0 and row["hostname"] and row["os_user"] and row["stopped_at"]
+    assert not pgjobs.is_alive(worker_id)
+
+
+def test_a_job_past_its_timeout_is_killed_and_retried_then_failed(env_dsn: str) -> None:
+    async def body(_: pgjobs.Worker) -> Job:
+        job = await nap.enqueue_async(30, timeout=0.5, retries=1, retry_delay=0)
+        return await wait_for(env_dsn, job.id)
+
+    job = run_with_worker(env_dsn, body, **FAST)
+    assert job.status is JobStatus.FAILED and job.attempts == 2
+    assert job.error is not None and job.error.startswith("timeout: ran longer than 0.5")
+
+
+def test_a_sync_job_past_its_timeout_frees_its_slot(env_dsn: str) -> None:
+    async def body(_: pgjobs.Worker) -> list[Job]:
+        stuck = await sync_nap.enqueue_async(30, timeout=0.5, retries=0)
+        after = await nap.enqueue_async(0, priority=1)
+        return [await wait_for(env_dsn, stuck.id), await wait_for(env_dsn, after.id)]
+
+    stuck, after = run_with_worker(env_dsn, body, concurrency=1, **FAST)
+    assert stuck.status is JobStatus.FAILED and stuck.error is not None and "timeout" in stuck.error
+    assert after.status is JobStatus.COMPLETE  # ran while the abandoned thread still slept
+
+
+def test_a_job_that_touches_its_heartbeat_is_left_alone_and_one_that_does_not_is_killed(env_dsn: str) -> None:
+    async def body(_: pgjobs.Worker) -> list[Job]:
+        kept = await busy.enqueue_async(seconds=2.5, report=True, heartbeat=1)
+        silent = await busy.enqueue_async(seconds=2.5, report=False, heartbeat=1, retries=0)
+        return [await wait_for(env_dsn, kept.id), await wait_for(env_dsn, silent.id)]
+
+    # The worker's own beats come every 30 s here, so only job.update() keeps a run fresh.
+    kept, silent = run_with_worker(env_dsn, body, heart_rate=30, reaper=ReaperConfig(interval=0.2), poll_interval=0.2)
+    assert kept.status is JobStatus.COMPLETE and kept.attempts == 1 and kept.progress == 1
+    assert silent.status is JobStatus.FAILED and silent.error is not None and silent.error.startswith("heartbeat")
+
+
+def test_cancelling_a_running_job_stops_it(env_dsn: str) -> None:
+    async def body(_: pgjobs.Worker) -> tuple[Job, float]:
+        job = await nap.enqueue_async(30)
+        assert job.id is not None
+        while (await pgjobs.get_job_async(job.id)).status is not JobStatus.ACTIVE:  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+        asked = time.monotonic()
+        assert await pgjobs.cancel_async(job.id) is JobStatus.ABORTING
+        done = await wait_for(env_dsn, job.id)
+        return done, time.monotonic() - asked
+
+    # Heartbeats every 30 s: the stop arrives by NOTIFY.
+    job, _ = run_with_worker(env_dsn, body, heart_rate=30, poll_interval=0.2)
+    assert job.status is JobStatus.ABORTED and job.result is None
+
+
+def test_a_worker_stops_when_asked_through_the_database(env_dsn: str) -> None:
+    async def main() -> str:
+        worker = pgjobs.Worker(env_dsn, heart_rate=30, poll_interval=0.2)
+        running = asyncio.create_task(worker.run())
+        while not await pgjobs.is_alive_async(worker.id):
+            await asyncio.sleep(0.05)
+        assert await pgjobs.stop_worker_async(worker.id) == "stopping"
+        await asyncio.wait_for(running, timeout=10)
+        return worker.id
+
+    worker_id = asyncio.run(main())
+    with psycopg.connect(env_dsn, row_factory=dict_row) as conn:
+        row = conn.execute("SELECT status FROM pgjobs.workers WHERE id = %s", [worker_id]).fetchone()
+    assert row == {"status": "stopped"}
+
+
+def test_job_update_from_a_sync_task(env_dsn: str) -> None:
+    async def body(_: pgjobs.Worker) -> Job:
+        job = await sync_progress.enqueue_async(meta={"owner": "me"})
+        return await wait_for(env_dsn, job.id)
+
+    job = run_with_worker(env_dsn, body, **FAST)
+    assert job.status is JobStatus.COMPLETE and job.result == 0.5
+    assert job.meta == {"owner": "me", "stage": "half"}
+
+
+def test_events_follow_a_job_through_its_states(env_dsn: str) -> None:
+    async def body(_: pgjobs.Worker) -> list[str]:
+        seen: list[str] = []
+        ready = asyncio.Event()
+
+        async def follow() -> None:
+            stream = pgjobs.events_async(dsn=env_dsn, timeout=20)
+            ready.set()
+            async for event in stream:
+                seen.append(event.status)
+                if event.status.finished:
+                    return
+
+        follower = asyncio.create_task(follow())
+        await ready.wait()
+        await asyncio.sleep(0.5)  # let it LISTEN
+        await nap.enqueue_async(0)
+        await asyncio.wait_for(follower, 20)
+        return seen
+
+    assert run_with_worker(env_dsn, body, **FAST) == ["queued", "active", "complete"]
