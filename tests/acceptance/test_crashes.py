@@ -15,7 +15,7 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from .helpers import Process
+from .helpers import Process, run_cli
 from .test_worker_processes import read_runs
 
 pytestmark = pytest.mark.acceptance
@@ -136,3 +136,22 @@ def test_a_postgres_restart_mid_run_loses_nothing(
     rows = query(dsn, "SELECT status, count(*) AS n FROM pgjobs.jobs GROUP BY status")
     assert rows == [{"status": "complete", "n": 600}]
     assert len(assert_no_run_overlaps_itself(tmp_path)) == 600
+
+
+def test_cancel_and_stop_from_another_process(dsn: str, tmp_path: Path) -> None:
+    (row,) = query(dsn, "SELECT pgjobs.enqueue('acceptance.record', '{\"seconds\": 60}') AS id")
+    with worker(dsn, tmp_path, "--heart-rate", "30") as w:
+        wait_until(lambda: query(dsn, "SELECT status FROM pgjobs.jobs")[0]["status"] == "active", 20, "the claim")
+        cancelled = run_cli("cancel", str(row["id"]), "--dsn", dsn)
+        assert cancelled.stdout.strip() == "aborting", cancelled.stderr
+        # Heartbeats are 30 s apart: the stop arrives by NOTIFY.
+        took = wait_until(lambda: query(dsn, "SELECT status FROM pgjobs.jobs")[0]["status"] == "aborted", 10, "abort")
+        assert took < 5
+        listed = run_cli("workers", "--dsn", dsn).stdout
+        (me,) = query(dsn, "SELECT id FROM pgjobs.workers")
+        assert me["id"] in listed and "running" in listed
+        assert run_cli("worker-stop", me["id"], "--dsn", dsn).stdout.strip() == "stopping"
+        assert w.wait(timeout=20) == 0, w.output()
+    assert query(dsn, "SELECT status FROM pgjobs.workers") == [{"status": "stopped"}]
+    assert "killed" in run_cli("reap", "--dsn", dsn).stdout
+    assert read_runs(tmp_path) == []  # the cancelled run never finished
