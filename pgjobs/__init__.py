@@ -30,6 +30,7 @@ from .errors import ArgumentError, ConfigurationError, PgjobsError, SchemaError,
 from .job import Job, JobStatus
 from .migrations import migrate
 from .reaper import ReapCounts, Reaper, ReaperConfig
+from .schedules import BackfillSummary, Schedule, Scheduler, SchedulerConfig, backfill, periodic
 from .tasks import Task, task
 from .worker import Worker
 
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError",
+    "BackfillSummary",
     "ConfigurationError",
     "Event",
     "Job",
@@ -46,10 +48,14 @@ __all__ = [
     "ReapCounts",
     "Reaper",
     "ReaperConfig",
+    "Schedule",
+    "Scheduler",
+    "SchedulerConfig",
     "SchemaError",
     "Task",
     "UnknownTaskError",
     "Worker",
+    "backfill",
     "cancel",
     "cancel_async",
     "close",
@@ -66,6 +72,7 @@ __all__ = [
     "is_alive_async",
     "job",
     "migrate",
+    "periodic",
     "reap",
     "reap_async",
     "redact",

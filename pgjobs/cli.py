@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -15,10 +16,11 @@ from typing import Any
 
 import psycopg
 
-from . import _database, _sql, client, embedded, migrations, tasks
+from . import _database, _sql, client, embedded, migrations, schedules, tasks
 from .errors import PgjobsError
 from .job import Job
 from .reaper import ReaperConfig
+from .schedules import SchedulerConfig
 from .worker import Worker
 
 logger = logging.getLogger("pgjobs")
@@ -41,7 +43,7 @@ def _job_json(job: Job) -> str:
 # -- commands ---------------------------------------------------------------------------------------
 def _worker(args: argparse.Namespace) -> int:
     sys.path.insert(0, os.getcwd())  # like `python -m`: task modules next to the caller import
-    tasks.load(args.modules)
+    modules = tasks.load(args.modules)
     dsn = migrations.prepare(args.dsn)
     worker = Worker(
         dsn,
@@ -51,6 +53,8 @@ def _worker(args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         heart_rate=args.heart_rate,
         reaper=None if args.no_reaper else ReaperConfig(interval=args.reap_interval),
+        scheduler=None if args.no_scheduler else SchedulerConfig(interval=args.schedule_interval),
+        schedules=schedules.declared(modules).values(),
         log_args=args.log_args,
     )
     asyncio.run(worker.run(handle_signals=True))
@@ -152,6 +156,53 @@ def _events(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedules(args: argparse.Namespace) -> int:
+    with _connection(args) as conn:
+        if args.action == "list":
+            for r in _database.fetch(conn, _sql.query("schedule_list")):
+                when = f"cron '{r['cron']}' {r['timezone']}" if r["cron"] else f"every {r['every']:g} s"
+                state = "enabled" if r["enabled"] else "paused"
+                print(
+                    f"{r['name']}  {r['task']}  {when}  {state}  next={r['next_run_at']}  "
+                    f"last={r['last_run_at']}  runs={r['trigger_count']}"
+                )
+            return 0
+        if not args.name:
+            raise PgjobsError(f"schedules {args.action} needs a schedule NAME")
+        if args.action == "remove":
+            found = _database.fetch(conn, _sql.query("schedule_remove"), {"name": args.name})[0]["found"]
+        else:
+            params = {"name": args.name, "enabled": args.action == "resume"}
+            found = _database.fetch(conn, _sql.query("schedule_enable"), params)[0]["found"]
+    if not found:
+        raise PgjobsError(f"no schedule named {args.name!r}")
+    print({"pause": "paused", "resume": "resumed", "remove": "removed"}[args.action])
+    return 0
+
+
+def _parse_time(text: str) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise PgjobsError(f"{text!r} is not an ISO date or time (like 2026-11-01 or 2026-11-01T06:00+01:00)") from None
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    def progress(done: int, total: int) -> None:
+        print(f"backfill {args.name}: {done}/{total} ticks", file=sys.stderr, flush=True)
+
+    summary = schedules.backfill(
+        args.name, _parse_time(args.start), _parse_time(args.end), backwards=args.backwards,
+        rerun_failed=args.rerun_failed, dry_run=args.dry_run, wait=args.wait, dsn=args.dsn, progress=progress,
+    )  # fmt: skip
+    verb = "would enqueue" if args.dry_run else "enqueued"
+    line = f"{summary.ticks} ticks: {summary.enqueued} {verb}, {summary.rerun} rerun, {summary.skipped} skipped"
+    if args.wait is not None and not args.dry_run:
+        line += f"; {summary.succeeded} succeeded, {summary.failed} failed"
+    print(line)
+    return 0
+
+
 def _dsn(args: argparse.Namespace) -> int:
     print(_database.redact(_database.resolve_dsn(args.dsn)))
     return 0
@@ -224,6 +275,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--heart-rate", type=float, default=5.0, help="seconds between heartbeats (default 5)")
     c.add_argument("--reap-interval", type=float, default=5.0, help="seconds between reaper passes (default 5)")
     c.add_argument("--no-reaper", action="store_true", help="never run the reaper in this worker")
+    c.add_argument("--schedule-interval", type=float, default=1.0, help="seconds between scheduler passes (default 1)")
+    c.add_argument("--no-scheduler", action="store_true", help="never fire schedules in this worker")
     c.add_argument("--log-args", action="store_true", help="log job arguments at DEBUG")
     c.set_defaults(func=_worker)
 
@@ -273,6 +326,21 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--rate", type=float, default=5.0, help="jobs enqueued per second (default 5)")
     c.add_argument("-c", "--concurrency", type=int, default=4)
     c.set_defaults(func=_demo)
+
+    c = command("schedules", "list, pause, resume or remove schedules")
+    c.add_argument("action", nargs="?", default="list", choices=["list", "pause", "resume", "remove"])
+    c.add_argument("name", nargs="?")
+    c.set_defaults(func=_schedules)
+
+    c = command("backfill", "enqueue one job per tick of a schedule over a time range")
+    c.add_argument("name", metavar="SCHEDULE")
+    c.add_argument("--start", required=True, help="first time (ISO; naive times read in the schedule's zone)")
+    c.add_argument("--end", required=True, help="end of the range, not included")
+    c.add_argument("--backwards", action="store_true", help="enqueue the latest tick first")
+    c.add_argument("--rerun-failed", action="store_true", help="enqueue again the ticks whose job failed")
+    c.add_argument("--dry-run", action="store_true", help="say what would be enqueued, change nothing")
+    c.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the jobs and count how they ended")
+    c.set_defaults(func=_backfill)
 
     c = command("dsn", "print the DSN in use (password hidden)")
     c.set_defaults(func=_dsn)

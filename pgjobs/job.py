@@ -135,6 +135,12 @@ class Job:
         return self
 
     @property
+    def tick(self) -> dt.datetime | None:
+        """The schedule tick this job runs for, when a schedule or a backfill enqueued it."""
+        value = self.meta.get("tick")
+        return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+
+    @property
     def stuck(self) -> bool:
         """Whether an active run is past its timeout or its heartbeat (by this machine's clock;
         the reaper decides by the database's)."""

@@ -6,6 +6,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .errors import PgjobsError, UnknownTaskError
@@ -96,16 +97,17 @@ def _origin(f: Callable[..., Any]) -> tuple[str, str]:
     return (getattr(code, "co_filename", ""), getattr(f, "__qualname__", ""))
 
 
-def load(modules: Iterable[str]) -> dict[str, Task[..., Any]]:
-    """Import the given modules (their ``@task`` functions register) and return the registry."""
+def load(modules: Iterable[str]) -> list[ModuleType]:
+    """Import the given modules (their ``@task`` functions register) and return them."""
+    loaded = []
     for module in modules:
         try:
-            importlib.import_module(module)
+            loaded.append(importlib.import_module(module))
         except ModuleNotFoundError as exc:
             if exc.name and module.startswith(exc.name):
                 raise PgjobsError(f"cannot import task module {module!r}: no module named {exc.name!r}") from None
             raise
-    return registry
+    return loaded
 
 
 def get(name: str) -> Task[..., Any]:

@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,6 +33,8 @@ from . import _database, _sql, migrations
 from .errors import ArgumentError, ConfigurationError
 from .job import Job, to_json
 from .reaper import Reaper, ReaperConfig
+from .schedules import Schedule, Scheduler, SchedulerConfig, store
+from .schedules import registry as schedule_registry
 from .tasks import Task, registry
 
 logger = logging.getLogger("pgjobs.worker")
@@ -45,6 +47,7 @@ _FAULT = os.environ.get("PGJOBS_FAULT")
 
 
 DEFAULT_REAPER = ReaperConfig()
+DEFAULT_SCHEDULER = SchedulerConfig()
 
 
 def _fault(point: str) -> None:
@@ -82,6 +85,9 @@ class Worker:
     :param shutdown_grace: seconds running jobs get to finish after stop(); the rest are given back.
     :param heart_rate: seconds between heartbeats of the worker and its runs.
     :param reaper: how the reaper runs inside this worker; None runs none here.
+    :param scheduler: how the scheduler runs inside this worker; None runs none here.
+    :param schedules: schedules to store when the worker starts; defaults to those declared with
+        @periodic in this process.
     :param tasks: task name to Task; defaults to every task registered in this process.
     :param log_args: log each job's arguments at DEBUG.
     """
@@ -96,6 +102,8 @@ class Worker:
         shutdown_grace: float = 30.0,
         heart_rate: float = 5.0,
         reaper: ReaperConfig | None = DEFAULT_REAPER,
+        scheduler: SchedulerConfig | None = DEFAULT_SCHEDULER,
+        schedules: Iterable[Schedule] | None = None,
         tasks: Mapping[str, Task[..., Any]] | None = None,
         worker_id: str | None = None,
         log_args: bool = False,
@@ -116,6 +124,8 @@ class Worker:
         self.tasks = tasks if tasks is not None else registry
         self.log_args = log_args
         self._reaper = Reaper(dsn, reaper) if reaper is not None else None
+        self._scheduler = Scheduler(dsn, scheduler) if scheduler is not None else None
+        self.schedules = list(schedules) if schedules is not None else list(schedule_registry.values())
         self._running: dict[int, asyncio.Task[None]] = {}
         self._held: tuple[tuple[int, int], ...] = ()  # (job id, attempt) of each run, for the heart
         self._stop_reason: dict[int, Literal["abort", "lost"]] = {}
@@ -179,6 +189,7 @@ class Worker:
         helpers = [
             asyncio.create_task(self._listen_loop(), name="pgjobs-listen"),
             *([asyncio.create_task(self._reaper.run(), name="pgjobs-reaper")] if self._reaper else []),
+            *([asyncio.create_task(self._scheduler.run(), name="pgjobs-scheduler")] if self._scheduler else []),
         ]
         flusher = asyncio.create_task(self._flush_loop(), name="pgjobs-flush")
         logger.info(
@@ -220,6 +231,7 @@ class Worker:
                     "heart_rate": self.heart_rate,
                 },
             )  # fmt: skip
+            store(conn, self.schedules)
 
     async def _claim_loop(self) -> None:
         assert self._wake is not None

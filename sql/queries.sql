@@ -123,3 +123,47 @@ SELECT pgjobs.worker_is_alive(%(id)s, %(grace)s) AS alive;
 -- name: job_touch
 -- Touch a running job, with optional progress and meta.
 SELECT pgjobs.touch(%(id)s, %(attempt)s, %(progress)s, %(meta)s) AS touched;
+
+-- name: schedule_upsert
+-- Create or update a schedule.
+SELECT (pgjobs.schedule(
+    name => %(name)s, task => %(task)s, args => %(args)s, cron => %(cron)s, every => %(every)s::double precision,
+    timezone => %(timezone)s, queue => %(queue)s, priority => %(priority)s::integer, group_key => %(group_key)s,
+    job_options => %(job_options)s, trigger_on_start => %(trigger_on_start)s,
+    missed => %(missed)s::pgjobs.missed_policy, misfire_grace => %(misfire_grace)s::double precision,
+    max_catchup => %(max_catchup)s::integer, enabled => %(enabled)s
+)).name;
+
+-- name: schedule_due
+-- Enabled schedules that are due (or not computed yet), locked for this pass; with the database
+-- clock and whether each one's last run is still unfinished.
+SELECT s.*, now() AS now, pgjobs.schedule_busy(s.name) AS busy
+FROM pgjobs.schedules s
+WHERE s.enabled AND (s.next_run_at IS NULL OR s.next_run_at <= now())
+ORDER BY s.next_run_at NULLS FIRST
+LIMIT %(limit)s
+FOR UPDATE OF s SKIP LOCKED;
+
+-- name: schedule_fire
+-- Fire ticks of a schedule and store its next run.
+SELECT pgjobs.schedule_fire(%(name)s, %(ticks)s::timestamptz[], %(next)s::timestamptz) AS fired;
+
+-- name: schedule_get
+-- One schedule by name.
+SELECT * FROM pgjobs.schedules WHERE name = %(name)s;
+
+-- name: schedule_list
+-- Every schedule, by name.
+SELECT * FROM pgjobs.schedules ORDER BY name;
+
+-- name: schedule_enable
+-- Pause or resume a schedule.
+SELECT pgjobs.schedule_enable(%(name)s, %(enabled)s) AS found;
+
+-- name: schedule_remove
+-- Remove a schedule.
+SELECT pgjobs.unschedule(%(name)s) AS found;
+
+-- name: schedule_backfill
+-- Enqueue the jobs of given ticks of a schedule.
+SELECT * FROM pgjobs.backfill(%(name)s, %(ticks)s::timestamptz[], %(rerun_failed)s, %(dry_run)s);
