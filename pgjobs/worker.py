@@ -332,8 +332,17 @@ class Worker:
         rows = await _database.fetch_async(conn, _sql.query("queue_channels"), {"queues": self.queues})
         channels = [r["channel"] for r in rows] + ["pgjobs.cancel", "pgjobs.worker"]
         await conn.execute(_database.listen_query(channels))
+        # Notifications sent while we were not listening are lost: look for work, and beat once
+        # to learn of stop requests and cancels sent meanwhile.
         if self._wake is not None:
-            self._wake.set()  # notifications sent while we were not listening are lost: look now
+            self._wake.set()
+        held = self._held
+        rows = await _database.fetch_async(
+            conn,
+            _sql.query("worker_heartbeat"),
+            {"id": self.id, "job_ids": [h[0] for h in held], "attempts": [h[1] for h in held]},
+        )
+        self._on_heartbeat(rows[0])
 
     async def _listen_loop(self) -> None:
         assert self._wake is not None
