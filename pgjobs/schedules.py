@@ -230,7 +230,7 @@ def plan(
     on_time = ticks_between(schedule, max(next_run_at, now - grace), now + dt.timedelta(microseconds=1))
     wanted = {"skip": 0, "once": 1, "all": schedule.max_catchup}[schedule.missed]
     missed = _latest_before(schedule, now - grace, next_run_at, wanted)
-    return (missed + on_time)[-max(schedule.max_catchup, 1) :], next_tick(schedule, now)
+    return missed + on_time, next_tick(schedule, now)
 
 
 def _latest_before(schedule: Schedule, before: dt.datetime, floor: dt.datetime, n: int) -> list[dt.datetime]:
