@@ -123,6 +123,7 @@ def periodic(
     missed: Missed = "skip",
     misfire_grace: float = 60.0,
     max_catchup: int = 100,
+    pass_job: bool = False,
     **options: Any,
 ) -> Callable[[Callable[..., Any]], Task[..., Any]]:
     """Register a function (or task) as a task with a schedule; a worker stores the schedule
@@ -132,7 +133,7 @@ def periodic(
     from .client import job
 
     def register(f: Callable[..., Any]) -> Task[..., Any]:
-        t = f if isinstance(f, Task) else task(f)
+        t = f if isinstance(f, Task) else task(pass_job=pass_job)(f)
         request = job(t, args=args if args is not None else {}, **options)
         o = request.options
         seconds = every.total_seconds() if isinstance(every, dt.timedelta) else every

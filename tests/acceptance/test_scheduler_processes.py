@@ -1,0 +1,62 @@
+"""Five real worker processes running the scheduler on a 1-second cron; the schedule commands."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import signal
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from .helpers import Process, run_cli
+
+pytestmark = pytest.mark.acceptance
+
+
+def test_five_schedulers_on_a_one_second_cron_fire_every_tick_once(dsn: str, tmp_path: Path) -> None:
+    workers = [
+        Process("--log-level", "warning", "worker", "tests.acceptance.periodic_tasks", "--dsn", dsn,
+                "--schedule-interval", "0.5")
+        for _ in range(5)
+    ]  # fmt: skip
+    try:
+        time.sleep(30)
+        for w in workers:
+            w.signal(signal.SIGTERM)
+        assert [w.wait(timeout=30) for w in workers] == [0] * 5, [w.output() for w in workers]
+    finally:
+        for w in workers:
+            w.close()
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        ticks = [r["tick"] for r in conn.execute("SELECT tick FROM pgjobs.schedule_runs ORDER BY tick")]
+        jobs = conn.execute(
+            """SELECT (meta->>'tick')::timestamptz AS tick, count(*) AS n FROM pgjobs.jobs
+               WHERE meta->>'schedule' = 'every-second' GROUP BY 1 ORDER BY 1"""
+        ).fetchall()
+    assert len(ticks) >= 25, len(ticks)
+    gaps = {b - a for a, b in itertools.pairwise(ticks)}
+    assert gaps == {dt.timedelta(seconds=1)}, "a tick was skipped or fired off the schedule"
+    assert [j["tick"] for j in jobs] == ticks and {j["n"] for j in jobs} == {1}, "a tick enqueued twice"
+
+
+def test_the_schedule_commands(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pgjobs.schedule('daily', 'app.t', cron => '0 6 * * *')")
+    listed = run_cli("schedules", "--dsn", dsn)
+    assert "daily" in listed.stdout and "enabled" in listed.stdout
+    assert run_cli("schedules", "pause", "daily", "--dsn", dsn).stdout.strip() == "paused"
+    assert "paused" in run_cli("schedules", "--dsn", dsn).stdout
+    assert run_cli("schedules", "resume", "daily", "--dsn", dsn).stdout.strip() == "resumed"
+    dry = run_cli("backfill", "daily", "--start", "2026-10-01", "--end", "2026-11-01", "--dry-run", "--dsn", dsn)
+    assert dry.returncode == 0 and "31 ticks: 31 would enqueue" in dry.stdout, dry.stderr
+    done = run_cli("backfill", "daily", "--start", "2026-10-01", "--end", "2026-11-01", "--dsn", dsn)
+    assert "31 enqueued" in done.stdout and "31/31 ticks" in done.stderr
+    again = run_cli("backfill", "daily", "--start", "2026-10-01", "--end", "2026-11-01", "--dsn", dsn)
+    assert "0 enqueued, 0 rerun, 31 skipped" in again.stdout
+    bad = run_cli("backfill", "nope", "--start", "2026-10-01", "--end", "2026-11-01", "--dsn", dsn)
+    assert bad.returncode == 1 and "no schedule named 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+    assert run_cli("schedules", "remove", "daily", "--dsn", dsn).stdout.strip() == "removed"
