@@ -358,7 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except PgjobsError as exc:
-        print(f"pgjobs: error: {exc}", file=sys.stderr)
+        if args.log_level == "debug" and exc.__cause__ is not None:
+            logger.debug("cause", exc_info=exc.__cause__)
+        print(f"pgjobs: error: {_database.redact(str(exc))}", file=sys.stderr)
         return 1
     except psycopg.Error as exc:
         print(f"pgjobs: database error: {_database.redact(str(exc).strip().splitlines()[0])}", file=sys.stderr)

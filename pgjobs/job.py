@@ -39,12 +39,28 @@ def _dumps(value: Any) -> str:
 
 
 def to_json(value: Any, what: str) -> Jsonb:
-    """Wrap a value for a jsonb parameter, refusing what JSON cannot carry; ``what`` names it."""
+    """Wrap a value for a jsonb parameter, refusing what JSON or PostgreSQL cannot carry (NaN,
+    infinities, NUL characters, non-JSON types); ``what`` names it in the error."""
     try:
-        _dumps(value)
+        text = _dumps(value)
     except (TypeError, ValueError) as exc:
         raise ArgumentError(f"{what} cannot be stored as JSON: {exc}") from None
+    if "\\u0000" in text.replace("\\\\", ""):
+        raise ArgumentError(f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store")
     return Jsonb(value, dumps=_dumps)
+
+
+def without_nul(value: Any) -> tuple[Any, bool]:
+    """The value with NUL characters in its strings replaced by U+FFFD, and whether any were."""
+    if isinstance(value, str):
+        return (value.replace("\x00", "\ufffd"), True) if "\x00" in value else (value, False)
+    if isinstance(value, list | tuple):
+        pairs = [without_nul(v) for v in value]
+        return [v for v, _ in pairs], any(c for _, c in pairs)
+    if isinstance(value, dict):
+        items = [(without_nul(k), without_nul(v)) for k, v in value.items()]
+        return {k: v for (k, _), (v, _) in items}, any(ck or cv for (_, ck), (_, cv) in items)
+    return value, False
 
 
 def check_arguments(task: str, args: Sequence[Any] | Mapping[str, Any]) -> None:
@@ -54,10 +70,7 @@ def check_arguments(task: str, args: Sequence[Any] | Mapping[str, Any]) -> None:
     else:
         items = [(f"positional argument {i}", v) for i, v in enumerate(args)]
     for label, value in items:
-        try:
-            _dumps(value)
-        except (TypeError, ValueError) as exc:
-            raise ArgumentError(f"{label} of task {task!r} cannot be stored as JSON: {exc}") from None
+        to_json(value, f"{label} of task {task!r}")
 
 
 @dataclass

@@ -106,7 +106,11 @@ def load(modules: Iterable[str]) -> list[ModuleType]:
         except ModuleNotFoundError as exc:
             if exc.name and module.startswith(exc.name):
                 raise PgjobsError(f"cannot import task module {module!r}: no module named {exc.name!r}") from None
+            raise PgjobsError(f"cannot import task module {module!r}: {exc}") from exc
+        except PgjobsError:
             raise
+        except Exception as exc:
+            raise PgjobsError(f"cannot import task module {module!r}: {type(exc).__name__}: {exc}") from exc
     return loaded
 
 

@@ -31,7 +31,7 @@ import psycopg
 
 from . import _database, _sql, migrations
 from .errors import ArgumentError, ConfigurationError
-from .job import Job, to_json
+from .job import Job, to_json, without_nul
 from .reaper import Reaper, ReaperConfig
 from .schedules import Schedule, Scheduler, SchedulerConfig, store
 from .schedules import registry as schedule_registry
@@ -388,7 +388,9 @@ class Worker:
             task = self.tasks.get(job.task)
             if task is None:
                 raise _NotRetryable(f"unknown task {job.task!r}: no task of that name is registered in this worker")
-            result = await self._invoke(task, job)
+            result, had_nul = without_nul(await self._invoke(task, job))
+            if had_nul:
+                logger.warning("job %s %s: NUL characters in its result were replaced by U+FFFD", job.id, job.task)
             try:
                 to_json(result, f"the result of task {job.task!r}")
             except ArgumentError as exc:
@@ -409,7 +411,7 @@ class Worker:
         except _NotRetryable as exc:
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=str(exc), retry=False)
         except BaseException as exc:  # a task's SystemExit must not leave its job active
-            error = "".join(traceback.format_exception(exc))
+            error = "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")  # text cannot hold NUL
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=error)
         if outcome is not None:
             self._outbox.append(outcome)
