@@ -1,0 +1,187 @@
+"""Roles and privileges, the search_path attack, injection through names, limits on payloads."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+import pgjobs
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+
+@pytest.fixture
+def login(dsn: str, conn: Conn) -> Iterator[Any]:
+    """login(group) -> a connection as a fresh login role that is a member of group."""
+    made: list[str] = []
+    opened: list[Conn] = []
+
+    def make(group: str) -> Conn:
+        name = f"pgjobs_test_{group.split('_')[1]}_{os.getpid()}_{len(made)}"
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(group)))
+        made.append(name)
+        c = psycopg.connect(make_conninfo(dsn, user=name), autocommit=True, row_factory=dict_row)
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        c.close()
+    for name in made:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+def refused(c: Conn, query: str, params: Any = None) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        c.execute(query, params)
+
+
+def test_a_client_may_enqueue_cancel_and_read_only_its_own_jobs(login: Any, conn: Conn) -> None:
+    alice, bob = login("pgjobs_client"), login("pgjobs_client")
+    mine = alice.execute("SELECT pgjobs.enqueue('t') AS id").fetchone()["id"]  # type: ignore[index]
+    bob.execute("SELECT pgjobs.enqueue('t')")
+    alice.execute("""SELECT * FROM pgjobs.enqueue_many('[{"task": "u"}]')""")
+    assert [r["task"] for r in alice.execute("SELECT task FROM pgjobs.jobs ORDER BY id")] == ["t", "u"]
+    assert alice.execute("SELECT pgjobs.cancel(%s) AS s", [mine]).fetchone() == {"s": "aborted"}
+    refused(alice, "SELECT * FROM pgjobs.dequeue('x', '{default}', 1)")
+    refused(alice, "SELECT pgjobs.complete(%s)", [mine])
+    refused(alice, "UPDATE pgjobs.jobs SET status = 'complete'")
+    refused(alice, "INSERT INTO pgjobs.jobs (task) VALUES ('sneaky')")
+    refused(alice, "DELETE FROM pgjobs.jobs")
+    refused(alice, "SELECT * FROM pgjobs.workers")
+    refused(alice, "SELECT pgjobs._refuse('a', 'b')")
+    refused(alice, "SELECT pgjobs.schedule('s', 't', every => 1)")
+    refused(alice, "CREATE TABLE pgjobs.mine (x int)")
+    assert conn.execute("SELECT count(*) AS n FROM pgjobs.jobs").fetchone() == {"n": 3}
+
+
+def test_a_worker_may_run_jobs_and_read_all_but_not_write_tables(login: Any, conn: Conn) -> None:
+    client, worker = login("pgjobs_client"), login("pgjobs_worker")
+    client.execute("SELECT pgjobs.enqueue('t')")
+    worker.execute("SELECT pgjobs.worker_register('w', 'h', 1, 'u', '{default}', 1, 5)")
+    (job,) = worker.execute("SELECT * FROM pgjobs.dequeue('w', '{default}', 5)").fetchall()
+    assert worker.execute("SELECT pgjobs.complete(%s) AS ok", [job["id"]]).fetchone() == {"ok": True}
+    assert len(worker.execute("SELECT * FROM pgjobs.jobs").fetchall()) == 1
+    worker.execute("SELECT * FROM pgjobs.reap()")
+    worker.execute("SELECT pgjobs.schedule('s', 't', every => 60)")
+    refused(worker, "UPDATE pgjobs.jobs SET status = 'queued'")
+    refused(worker, "DROP TABLE pgjobs.jobs")
+    refused(worker, "SELECT pgjobs._schedule_job(s, now()) FROM pgjobs.schedules s")
+    refused(worker, "SELECT pgjobs.harden()")
+
+
+def test_the_search_path_cannot_shadow_pgjobs_or_builtins(dsn: str, login: Any, conn: Conn) -> None:
+    attacker = login("pgjobs_client")
+    role = attacker.execute("SELECT current_user AS r").fetchone()["r"]  # type: ignore[index]
+    conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+        sql.Identifier(conn.info.dbname), sql.Identifier(role)))  # fmt: skip
+    attacker.execute("CREATE SCHEMA evil")
+    attacker.execute("CREATE TABLE evil.calls (f text)")
+    attacker.execute("GRANT INSERT ON evil.calls TO PUBLIC")
+    for fn, args, returns in [
+        ("now", "", "timestamptz"),
+        ("jsonb_typeof", "jsonb", "text"),
+        ("pg_notify", "text, text", "void"),
+        ("coalesce_text", "text", "text"),
+        ("queue_channel", "text", "text"),
+    ]:
+        body = f"INSERT INTO evil.calls VALUES ('{fn}'); SELECT NULL::{returns}"
+        attacker.execute(f"CREATE FUNCTION evil.{fn}({args}) RETURNS {returns} LANGUAGE sql AS $${body}$$")
+    attacker.execute("CREATE TABLE evil.jobs (id bigint)")  # a table named like ours
+    attacker.execute("CREATE OPERATOR evil.= (FUNCTION = int4eq, LEFTARG = int4, RIGHTARG = int4)")
+    attacker.execute("SET search_path = evil, pg_catalog, pgjobs")
+    job_id = attacker.execute("SELECT pgjobs.enqueue('t', '{\"a\": 1}') AS id").fetchone()["id"]  # type: ignore[index]
+    attacker.execute("SELECT pgjobs.cancel(%s)", [job_id])
+    assert attacker.execute("SELECT count(*) AS n FROM evil.calls").fetchone() == {"n": 0}
+    row = conn.execute("SELECT status, args FROM pgjobs.jobs WHERE id = %s", [job_id]).fetchone()
+    assert row == {"status": "aborted", "args": {"a": 1}}
+
+
+NASTY = [
+    "'; DROP TABLE pgjobs.jobs; --",
+    'x"); DELETE FROM pgjobs.jobs; --',
+    "100%_%s%(x)s",
+    "ünïcødé-名前-🚀",
+    "a" * 10_000,
+    "$$; SELECT 1; $$",
+    "\\' OR 1=1",
+]
+
+
+@pytest.mark.parametrize("name", NASTY)
+def test_names_users_control_cannot_inject(env_dsn: str, conn: Conn, name: str) -> None:
+    kept = pgjobs.enqueue("t")
+    # Queue names have a narrow character set: refused, nothing stored.
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        pgjobs.enqueue("t", queue=name)
+    # Keys, group keys and schedule names are stored as given (bounded in size).
+    short = name[:300]
+    job = pgjobs.enqueue("t", key=short, group_key=short, meta={short: short}, args={"v": name})
+    row = conn.execute("SELECT key, group_key, meta, args FROM pgjobs.jobs WHERE id = %s", [job.id]).fetchone()
+    assert row == {"key": short, "group_key": short, "meta": {short: short}, "args": {"v": name}}
+    if len(name) > 1000:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="key"):
+            pgjobs.enqueue("t", key=name)
+    schedule = name[:200]
+    conn.execute("SELECT pgjobs.schedule(%s, 't', every => 60)", [schedule])
+    assert conn.execute("SELECT name FROM pgjobs.schedules").fetchone() == {"name": schedule}
+    assert conn.execute("SELECT pgjobs.unschedule(%s) AS ok", [schedule]).fetchone() == {"ok": True}
+    task = name.replace(" ", "_")[:200]
+    assert pgjobs.enqueue(task).task == task
+    assert conn.execute("SELECT count(*) AS n FROM pgjobs.jobs WHERE id = %s", [kept.id]).fetchone() == {"n": 1}
+
+
+def test_payload_caps_are_enforced_and_configurable(conn: Conn) -> None:
+    big = Jsonb({"blob": "x" * 2_000_000})
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"args: is \d+ bytes, over the cap"):
+        conn.execute("SELECT pgjobs.enqueue('t', %s)", [big])
+    conn.execute("SET pgjobs.max_payload = '4MB'")
+    conn.execute("SELECT pgjobs.enqueue('t', %s)", [big])
+    conn.execute("RESET pgjobs.max_payload")
+    small = conn.execute("SELECT pgjobs.enqueue('t') AS id").fetchone()["id"]  # type: ignore[index]
+    conn.execute("SELECT * FROM pgjobs.dequeue('w', '{default}', 5)")
+    assert conn.execute("SELECT pgjobs.complete(%s, %s) AS ok", [small, big]).fetchone() == {"ok": True}
+    result = conn.execute("SELECT result FROM pgjobs.jobs WHERE id = %s", [small]).fetchone()["result"]  # type: ignore[index]
+    assert result["pgjobs_truncated"] is True and result["bytes"] > 1_000_000 and result["start"].startswith('{"blob"')
+
+
+def test_a_huge_error_keeps_its_head_and_tail(conn: Conn) -> None:
+    job_id = conn.execute("SELECT pgjobs.enqueue('t', max_attempts => 1) AS id").fetchone()["id"]  # type: ignore[index]
+    conn.execute("SELECT * FROM pgjobs.dequeue('w', '{default}', 1)")
+    error = "HEAD" + "x" * 500_000 + "TAIL"
+    conn.execute("SELECT pgjobs.fail(%s, %s)", [job_id, error])
+    kept = conn.execute("SELECT error FROM pgjobs.jobs WHERE id = %s", [job_id]).fetchone()["error"]  # type: ignore[index]
+    assert kept.startswith("HEAD") and kept.endswith("TAIL") and "characters cut by pgjobs" in kept
+    assert len(kept) < 70_000
+
+
+def test_nul_characters_are_refused_in_arguments_naming_them(env_dsn: str) -> None:
+    with pytest.raises(pgjobs.ArgumentError, match=r"argument 'note' of task 't' contains a NUL"):
+        pgjobs.enqueue("t", note="a\x00b")
+    with pytest.raises(pgjobs.ArgumentError, match="meta contains a NUL"):
+        pgjobs.enqueue("t", meta={"k": "\x00"})
+    assert pgjobs.enqueue("t", note="a\\u0000b").args == {"note": "a\\u0000b"}  # a backslash, not a NUL
+
+
+def test_refusals_carry_their_documented_sqlstate(conn: Conn) -> None:
+    cases = [
+        ("SELECT pgjobs.enqueue('t', queue => '')", "22023"),
+        ("SELECT pgjobs.enqueue('t', '{\"a\": \"\\u0000\"}')", "22P05"),
+        ("SELECT pgjobs.enqueue('t', '{not json')", "22P02"),
+        ("SELECT pgjobs.enqueue('t', priority => '99999999999'::integer)", "22003"),
+        ("SELECT * FROM pgjobs.worker_heartbeat('nobody')", "P0002"),
+        ("SELECT * FROM pgjobs.backfill('nobody', '{}')", "P0002"),
+    ]
+    for query, state in cases:
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(query)
+        assert err.value.sqlstate == state, (query, err.value)
