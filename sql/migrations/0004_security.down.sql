@@ -148,6 +148,34 @@ BEGIN
 END;
 $$;
 
+CREATE OR REPLACE FUNCTION pgjobs.worker_register(
+    worker_id text, hostname text, pid integer, os_user text, queues text[], concurrency integer,
+    heart_rate double precision
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF worker_id IS NULL OR worker_id = '' OR length(worker_id) > 200 THEN
+        PERFORM pgjobs._refuse('worker_id', 'must be 1 to 200 characters');
+    END IF;
+    IF NOT heart_rate > 0 OR heart_rate = 'Infinity' THEN
+        PERFORM pgjobs._refuse('heart_rate', format('must be a positive number of seconds, got %s', heart_rate));
+    END IF;
+    INSERT INTO pgjobs.workers (id, hostname, pid, os_user, queues, concurrency, heart_rate)
+    VALUES (worker_id, hostname, pid, os_user, queues, concurrency, heart_rate);
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pgjobs.schedule_enable(name text, enabled boolean) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE pgjobs.schedules s
+    SET enabled = schedule_enable.enabled, updated_at = now(),
+        next_run_at = CASE WHEN schedule_enable.enabled AND NOT s.enabled THEN NULL ELSE s.next_run_at END
+    WHERE s.name = schedule_enable.name;
+    RETURN FOUND;
+END;
+$$;
+
 DROP FUNCTION pgjobs._fit_result(jsonb);
 DROP FUNCTION pgjobs._fit_error(text);
 DROP FUNCTION pgjobs.max_payload();

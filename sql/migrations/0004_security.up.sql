@@ -169,6 +169,52 @@ BEGIN
 END;
 $$;
 
+-- Register a worker process (0002's version, with every argument checked).
+CREATE OR REPLACE FUNCTION pgjobs.worker_register(
+    worker_id text, hostname text, pid integer, os_user text, queues text[], concurrency integer,
+    heart_rate double precision
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF worker_id IS NULL OR worker_id = '' OR length(worker_id) > 200 THEN
+        PERFORM pgjobs._refuse('worker_id', 'must be 1 to 200 characters');
+    END IF;
+    IF hostname IS NULL OR os_user IS NULL OR pid IS NULL THEN
+        PERFORM pgjobs._refuse(CASE WHEN hostname IS NULL THEN 'hostname' WHEN os_user IS NULL THEN 'os_user'
+                                    ELSE 'pid' END, 'must not be NULL');
+    END IF;
+    IF queues IS NULL OR cardinality(queues) = 0 OR array_position(queues, NULL) IS NOT NULL THEN
+        PERFORM pgjobs._refuse('queues', 'must be a non-empty array of queue names');
+    END IF;
+    IF concurrency IS NULL OR concurrency < 1 THEN
+        PERFORM pgjobs._refuse('concurrency', format('must be at least 1, got %s', concurrency));
+    END IF;
+    IF NOT (heart_rate > 0 AND heart_rate < 'Infinity') THEN
+        PERFORM pgjobs._refuse('heart_rate', format('must be a positive number of seconds, got %s', heart_rate));
+    END IF;
+    IF EXISTS (SELECT FROM pgjobs.workers w WHERE w.id = worker_register.worker_id) THEN
+        PERFORM pgjobs._refuse('worker_id', format('%L is registered already: use a fresh id per process', worker_id));
+    END IF;
+    INSERT INTO pgjobs.workers (id, hostname, pid, os_user, queues, concurrency, heart_rate)
+    VALUES (worker_id, hostname, pid, os_user, queues, concurrency, heart_rate);
+END;
+$$;
+
+-- Pause (false) or resume (true) a schedule (0003's version, refusing NULL).
+CREATE OR REPLACE FUNCTION pgjobs.schedule_enable(name text, enabled boolean) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF schedule_enable.enabled IS NULL THEN
+        PERFORM pgjobs._refuse('enabled', 'must be true or false');
+    END IF;
+    UPDATE pgjobs.schedules s
+    SET enabled = schedule_enable.enabled, updated_at = now(),
+        next_run_at = CASE WHEN schedule_enable.enabled AND NOT s.enabled THEN NULL ELSE s.next_run_at END
+    WHERE s.name = schedule_enable.name;
+    RETURN FOUND;
+END;
+$$;
+
 -- Error texts are kept whatever their size: a huge traceback keeps its head and tail.
 CREATE FUNCTION pgjobs._fit_error_trigger() RETURNS trigger
 LANGUAGE plpgsql AS $$
