@@ -12,21 +12,9 @@ from psycopg.rows import dict_row
 import pgjobs
 from pgjobs import Job, JobStatus, ReaperConfig
 
-from .test_worker import run_with_worker
+from .test_worker import nap, run_with_worker, sync_nap
 
 FAST = {"heart_rate": 0.2, "reaper": ReaperConfig(interval=0.2), "poll_interval": 0.2}
-
-
-@pgjobs.task(name="live.nap")
-async def nap(seconds: float) -> str:
-    await asyncio.sleep(seconds)
-    return "rested"
-
-
-@pgjobs.task(name="live.sync_nap")
-def sync_nap(seconds: float) -> str:
-    time.sleep(seconds)
-    return "rested"
 
 
 @pgjobs.task(name="live.busy", pass_job=True)
