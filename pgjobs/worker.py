@@ -291,12 +291,7 @@ class Worker:
                     _database.fetch(conn, _sql.query("worker_stopped"), {"id": self.id})
                     conn.close()
                     return
-                held = self._held
-                rows = _database.fetch(
-                    conn,
-                    _sql.query("worker_heartbeat"),
-                    {"id": self.id, "job_ids": [h[0] for h in held], "attempts": [h[1] for h in held]},
-                )
+                rows = _database.fetch(conn, _sql.query("worker_heartbeat"), self._beat_params())
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._on_heartbeat, rows[0])
             except psycopg.errors.NoDataFound:
@@ -312,6 +307,10 @@ class Worker:
                 if self._heart_stop.is_set():
                     return
             self._heart_stop.wait(max(0.0, self.heart_rate - (time.monotonic() - began)))
+
+    def _beat_params(self) -> dict[str, Any]:
+        held = self._held  # one read: the loop thread replaces the tuple, never mutates it
+        return {"id": self.id, "job_ids": [h[0] for h in held], "attempts": [h[1] for h in held]}
 
     def _on_heartbeat(self, row: _database.Row) -> None:
         if row["status"] == "stopping" and not self._stopping:
@@ -336,12 +335,7 @@ class Worker:
         # to learn of stop requests and cancels sent meanwhile.
         if self._wake is not None:
             self._wake.set()
-        held = self._held
-        rows = await _database.fetch_async(
-            conn,
-            _sql.query("worker_heartbeat"),
-            {"id": self.id, "job_ids": [h[0] for h in held], "attempts": [h[1] for h in held]},
-        )
+        rows = await _database.fetch_async(conn, _sql.query("worker_heartbeat"), self._beat_params())
         self._on_heartbeat(rows[0])
 
     async def _listen_loop(self) -> None:
@@ -392,11 +386,11 @@ class Worker:
             if had_nul:
                 logger.warning("job %s %s: NUL characters in its result were replaced by U+FFFD", job.id, job.task)
             try:
-                to_json(result, f"the result of task {job.task!r}")
+                encoded = to_json(result, f"the result of task {job.task!r}")
             except ArgumentError as exc:
                 raise _NotRetryable(str(exc)) from None
             _fault("before_record")
-            outcome = _Outcome("complete", job, time.perf_counter() - started, result=result)
+            outcome = _Outcome("complete", job, time.perf_counter() - started, result=encoded)
         except asyncio.CancelledError:
             assert job.id is not None
             reason = self._stop_reason.get(job.id)
@@ -473,7 +467,7 @@ class Worker:
                 _sql.query("job_complete_many"),
                 {
                     "ids": [o.job.id for o in done],
-                    "results": [to_json(o.result, "result") for o in done],
+                    "results": [o.result for o in done],  # encoded and checked when the task returned
                     "attempts": [o.job.attempts for o in done],
                 },
             )
