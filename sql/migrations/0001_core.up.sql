@@ -363,6 +363,9 @@ BEGIN
     IF max_jobs IS NULL OR max_jobs < 0 THEN
         PERFORM pgjobs._refuse('max_jobs', format('must be >= 0, got %s', max_jobs));
     END IF;
+    IF queues IS NULL THEN
+        PERFORM pgjobs._refuse('queues', 'must be an array of queue names');
+    END IF;
     -- Group exclusivity relies on each statement taking a fresh snapshot.
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'pgjobs: dequeue must run at READ COMMITTED isolation, not %',
@@ -376,18 +379,24 @@ BEGIN
                array_agg(c.group_key ORDER BY c.priority, c.scheduled_at, c.id)
         INTO ids, groups
         FROM (
-            SELECT j.id, j.priority, j.scheduled_at, j.group_key
-            FROM pgjobs.jobs j
-            WHERE j.status = 'queued'
-              AND j.queue = ANY (dequeue.queues)
-              AND j.scheduled_at <= now()
-              AND (j.group_key IS NULL OR (
-                   NOT EXISTS (SELECT FROM pgjobs.jobs a
-                               WHERE a.group_key = j.group_key AND a.status IN ('active', 'aborting'))
-                   AND pg_try_advisory_xact_lock(1885957986, hashtext(j.group_key))))
-            ORDER BY j.priority, j.scheduled_at, j.id
+            -- One ordered index scan per queue (queue = ANY(...) would sort the whole backlog).
+            SELECT l.* FROM unnest(dequeue.queues) AS q(name)
+            CROSS JOIN LATERAL (
+                SELECT j.id, j.priority, j.scheduled_at, j.group_key
+                FROM pgjobs.jobs j
+                WHERE j.status = 'queued'
+                  AND j.queue = q.name
+                  AND j.scheduled_at <= now()
+                  AND (j.group_key IS NULL OR (
+                       NOT EXISTS (SELECT FROM pgjobs.jobs a
+                                   WHERE a.group_key = j.group_key AND a.status IN ('active', 'aborting'))
+                       AND pg_try_advisory_xact_lock(1885957986, hashtext(j.group_key))))
+                ORDER BY j.priority, j.scheduled_at, j.id
+                LIMIT wanted
+                FOR UPDATE OF j SKIP LOCKED
+            ) l
+            ORDER BY l.priority, l.scheduled_at, l.id
             LIMIT wanted
-            FOR UPDATE OF j SKIP LOCKED
         ) c;
         EXIT WHEN ids IS NULL;
         -- 2. Claim them. This statement's snapshot was taken after the group locks were held, so
