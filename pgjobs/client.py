@@ -195,6 +195,10 @@ class _Call(Generic[T]):
     parse: Callable[[list[_database.Row]], T]
 
 
+# wait(): seconds before the first re-read of jobs nobody announced, doubling up to the last.
+_RECHECK_FIRST = 0.5
+_RECHECK_MAX = 30.0
+
 _lock = threading.Lock()
 _pool: ConnectionPool[Any] | None = None
 _async_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = (
@@ -359,7 +363,8 @@ async def cancel_async(job_id: int, *, conn: AsyncConnection | None = None) -> J
 async def wait_async(job_ids: Iterable[int], timeout: float | None = None, *, dsn: str | None = None) -> list[Job]:
     """Wait until every job is finished (or the timeout passes) and return them as they are then.
 
-    Listens on the completion channel, so nothing polls while it waits.
+    Listens on the completion channel (through pgjobs.listen), and reads the jobs again only when
+    one of them is announced, or now and then in case an announcement came too early for it.
     """
     wanted = set(job_ids)
     if not wanted:
@@ -369,8 +374,9 @@ async def wait_async(job_ids: Iterable[int], timeout: float | None = None, *, ds
     target = await asyncio.to_thread(migrations.prepare, dsn)
     conn = await _database.connect_async(target)
     try:
-        await conn.execute(_database.listen_query(["pgjobs.done"]))
+        await _database.fetch_async(conn, _sql.query("listen"), {"channel": "pgjobs.done"})
         query, ids = _sql.query("job_get_many"), list(wanted)
+        recheck = _RECHECK_FIRST
         while True:
             rows = await _database.fetch_async(conn, query, {"ids": ids})
             jobs = [Job.from_row(r) for r in rows]
@@ -378,7 +384,11 @@ async def wait_async(job_ids: Iterable[int], timeout: float | None = None, *, ds
             remaining = None if deadline is None else deadline - loop.time()
             if not pending or (remaining is not None and remaining <= 0):
                 return sorted(jobs, key=lambda j: ids.index(j.id) if j.id in wanted else 0)
-            async for note in conn.notifies(timeout=remaining):
+            # A job that finished while this session was starting to listen may have checked for
+            # listeners just before it could see us: look again now and then, ever more rarely.
+            timeout = recheck if remaining is None else min(recheck, remaining)
+            recheck = min(recheck * 2, _RECHECK_MAX)
+            async for note in conn.notifies(timeout=timeout):
                 if pending.intersection(int(i) for i in note.payload.split(",") if i):
                     break
     finally:
@@ -465,7 +475,7 @@ def _parse_events(payload: str) -> list[Event]:
 def events(*, dsn: str | None = None, timeout: float | None = None) -> Iterator[Event]:
     """Follow job state changes as they commit (until the timeout, if given)."""
     with _database.connect(migrations.prepare(dsn)) as conn:
-        conn.execute(_database.listen_query(["pgjobs.events"]))
+        _database.fetch(conn, _sql.query("listen"), {"channel": "pgjobs.events"})
         for note in conn.notifies(timeout=timeout):
             yield from _parse_events(note.payload)
 
@@ -474,7 +484,7 @@ async def events_async(*, dsn: str | None = None, timeout: float | None = None) 
     """The async twin of events()."""
     conn = await _database.connect_async(await asyncio.to_thread(migrations.prepare, dsn))
     try:
-        await conn.execute(_database.listen_query(["pgjobs.events"]))
+        await _database.fetch_async(conn, _sql.query("listen"), {"channel": "pgjobs.events"})
         async for note in conn.notifies(timeout=timeout):
             for event in _parse_events(note.payload):
                 yield event

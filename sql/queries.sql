@@ -48,6 +48,10 @@ SELECT pgjobs.complete_many(%(ids)s, %(results)s, %(attempts)s) AS id;
 -- Record a failed attempt; returns the job's new status (NULL when it was no longer ours).
 SELECT pgjobs.fail(%(id)s, %(error)s, %(attempt)s, %(retry)s) AS status;
 
+-- name: listen
+-- LISTEN on pgjobs.done or pgjobs.events and have them sent (they are sent only while someone listens).
+SELECT pgjobs.listen(%(channel)s);
+
 -- name: job_release
 -- Give a worker's unfinished jobs back to the queue without counting the attempt.
 SELECT pgjobs.release(%(worker_id)s, %(ids)s) AS released;

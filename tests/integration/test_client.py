@@ -149,6 +149,25 @@ def test_refresh_until_complete_waits_for_the_completion_notification(env_dsn: s
     assert job.duration("process") is not None and job.duration("total") is not None
 
 
+@pytest.mark.timeout(20)  # without its re-checks, wait() would never return
+def test_wait_sees_a_job_that_finished_without_an_announcement(env_dsn: str, conn: Conn) -> None:
+    job = pgjobs.enqueue("t")
+    assert job.id is not None
+
+    def finish_quietly() -> None:
+        with psycopg.connect(env_dsn, autocommit=True) as other:
+            other.execute("SELECT pg_sleep(0.3)")
+            other.execute("UPDATE pgjobs.jobs SET status = 'complete', completed_at = now() WHERE id = %s", [job.id])
+
+    import threading
+
+    t = threading.Thread(target=finish_quietly)
+    t.start()
+    [waited] = pgjobs.wait([job.id], dsn=env_dsn)
+    t.join()
+    assert waited.status is JobStatus.COMPLETE
+
+
 def test_refresh_until_complete_times_out(env_dsn: str) -> None:
     job = pgjobs.enqueue("t")
     with pytest.raises(TimeoutError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import psycopg
@@ -205,7 +206,7 @@ def test_retention_deletes_finished_jobs_past_their_ttl(conn: Conn) -> None:
 
 
 def test_every_status_change_is_an_event(conn: Conn) -> None:
-    conn.execute('LISTEN "pgjobs.events"')
+    conn.execute("SELECT pgjobs.listen('pgjobs.events')")
     a = one(conn, "SELECT pgjobs.enqueue('t')")
     b = one(conn, "SELECT pgjobs.enqueue('t', priority => 1)")
     claim(conn, "w1", 1)
@@ -217,3 +218,35 @@ def test_every_status_change_is_an_event(conn: Conn) -> None:
     conn.execute("SET pgjobs.events = 'off'")
     one(conn, "SELECT pgjobs.enqueue('t')")
     assert list(conn.notifies(timeout=0.3)) == []
+
+
+def test_announcements_are_sent_only_while_a_live_session_asked_for_them(dsn: str, conn: Conn) -> None:
+    def heard(channel: str) -> list[str]:
+        one(conn, "SELECT pgjobs.enqueue('t')")
+        return [n.channel for n in conn.notifies(timeout=0.3) if n.channel == channel]
+
+    conn.execute('LISTEN "pgjobs.events"')  # a bare LISTEN does not ask for them
+    assert heard("pgjobs.events") == []
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("SELECT pgjobs.listen('pgjobs.events')")
+        assert heard("pgjobs.events") == ["pgjobs.events"]
+        other.execute("SELECT pgjobs.unlisten('pgjobs.events')")
+        assert heard("pgjobs.events") == []
+        other.execute("SELECT pgjobs.listen('pgjobs.events')")
+        assert heard("pgjobs.events") == ["pgjobs.events"]
+        pid = other.info.backend_pid
+    # The session ended without unlisten: its request lapses with it.
+    while one(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]):
+        time.sleep(0.01)
+    assert heard("pgjobs.events") == []
+
+
+def test_listen_takes_only_the_announcement_channels(conn: Conn) -> None:
+    for channel in ("pgjobs.queue.default", "pgjobs.cancel", "anything", None):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="channel"):
+            conn.execute("SELECT pgjobs.listen(%s)", [channel])
+
+
+def test_register_refuses_a_missing_heart_rate(conn: Conn) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="heart_rate"):
+        conn.execute("SELECT pgjobs.worker_register('w', 'h', 1, 'u', '{default}', 1, NULL)")

@@ -243,3 +243,9 @@ def test_job_tick_reads_the_schedule_tick_from_meta(conn: Conn) -> None:
     )
     job = pgjobs.Job.from_row(conn.execute("SELECT * FROM pgjobs.jobs").fetchone())  # type: ignore[arg-type]
     assert job.tick == dt.datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_backfill_refuses_a_null_tick(conn: Conn) -> None:
+    conn.execute("SELECT pgjobs.schedule('nightly', 't', every => 60)")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="ticks"):
+        conn.execute("SELECT * FROM pgjobs.backfill('nightly', ARRAY[now(), NULL])")

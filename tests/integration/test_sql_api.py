@@ -248,7 +248,7 @@ def test_dequeue_refuses_repeatable_read(dsn: str) -> None:
 def test_complete_records_the_result_and_announces_it(dsn: str, conn: Conn) -> None:
     job_id = one(conn, "SELECT pgjobs.enqueue('t')")
     dequeue(conn)
-    conn.execute('LISTEN "pgjobs.done"')
+    conn.execute("SELECT pgjobs.listen('pgjobs.done')")
     assert one(conn, """SELECT pgjobs.complete(%s, '{"answer": 42}')""", [job_id]) is True
     row = job(conn, job_id)
     assert row["status"] == "complete" and row["result"] == {"answer": 42} and row["completed_at"]
