@@ -47,7 +47,11 @@ def to_json(value: Any, what: str) -> Jsonb:
         raise ArgumentError(f"{what} cannot be stored as JSON: {exc}") from None
     if "\\u0000" in text.replace("\\\\", ""):
         raise ArgumentError(f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store")
-    return Jsonb(value, dumps=_dumps)
+    return Jsonb(text, dumps=_as_is)  # encoded once, here
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def without_nul(value: Any) -> tuple[Any, bool]:
@@ -111,8 +115,7 @@ class Job:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
         """Build a Job from a ``pgjobs.jobs`` row (unknown columns are ignored)."""
-        known = {f.name for f in fields(cls) if not f.name.startswith("_")}
-        values = {k: v for k, v in row.items() if k in known}
+        values = {k: v for k, v in row.items() if k in _COLUMNS}
         values["status"] = JobStatus(values.get("status", "queued"))
         return cls(**values)
 
@@ -224,3 +227,6 @@ class Job:
         if not self.finished:
             raise TimeoutError(f"job {self.id} is still {self.status} after {until_complete} s")
         return self
+
+
+_COLUMNS = frozenset(f.name for f in fields(Job) if not f.name.startswith("_"))

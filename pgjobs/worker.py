@@ -127,7 +127,9 @@ class Worker:
         self._scheduler = Scheduler(dsn, scheduler) if scheduler is not None else None
         self.schedules = list(schedules) if schedules is not None else list(schedule_registry.values())
         self._running: dict[int, asyncio.Task[None]] = {}
-        self._held: tuple[tuple[int, int], ...] = ()  # (job id, attempt) of each run, for the heart
+        # job id -> attempt of each run, for the heart; the heart thread reads it with copy(), one
+        # C call under the GIL, while the loop thread changes it.
+        self._held: dict[int, int] = {}
         self._stop_reason: dict[int, Literal["abort", "lost"]] = {}
         self._outbox: list[_Outcome] = []
         self._stopping = False
@@ -309,8 +311,8 @@ class Worker:
             self._heart_stop.wait(max(0.0, self.heart_rate - (time.monotonic() - began)))
 
     def _beat_params(self) -> dict[str, Any]:
-        held = self._held  # one read: the loop thread replaces the tuple, never mutates it
-        return {"id": self.id, "job_ids": [h[0] for h in held], "attempts": [h[1] for h in held]}
+        held = self._held.copy()
+        return {"id": self.id, "job_ids": list(held), "attempts": list(held.values())}
 
     def _on_heartbeat(self, row: _database.Row) -> None:
         if row["status"] == "stopping" and not self._stopping:
@@ -365,13 +367,13 @@ class Worker:
         job._bind(self._loop, functools.partial(self._touch, job))
         t = asyncio.create_task(self._execute(job), name=f"pgjobs-job-{job.id}")
         self._running[job.id] = t
-        self._held = (*self._held, (job.id, job.attempts))
+        self._held[job.id] = job.attempts
         t.add_done_callback(functools.partial(self._finished, job.id))
 
     def _finished(self, job_id: int, _: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
         self._stop_reason.pop(job_id, None)
-        self._held = tuple(h for h in self._held if h[0] != job_id)
+        self._held.pop(job_id, None)
         if self._saturated and self._wake is not None:
             self._wake.set()
 
