@@ -79,7 +79,7 @@ def fetch(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: 
     """Run one query and return its rows as dicts (the caller's transaction, if any, is kept)."""
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(query, params)
-        return cur.fetchall() if cur.description else []
+        return cur.fetchall() if cur.rownumber is not None else []  # description would build Column objects
 
 
 async def fetch_async(
@@ -88,7 +88,7 @@ async def fetch_async(
     """The async twin of fetch()."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(query, params)
-        return await cur.fetchall() if cur.description else []
+        return await cur.fetchall() if cur.rownumber is not None else []
 
 
 def listen_query(channels: Sequence[str]) -> sql.Composed:
