@@ -1,8 +1,226 @@
--- 0005 speed, rolled back: earlier bodies of the functions it replaced, the group index over
--- every running job, no listeners.
+-- 0005 speed, rolled back: earlier bodies of the functions it replaced, the group and key indexes
+-- over every job of their statuses, no listeners.
 DROP INDEX pgjobs.jobs_group_key_idx;
 CREATE UNIQUE INDEX jobs_group_key_idx
     ON pgjobs.jobs (group_key) WHERE status IN ('active', 'aborting');
+DROP INDEX pgjobs.jobs_key_idx;
+CREATE UNIQUE INDEX jobs_key_idx
+    ON pgjobs.jobs (key) WHERE status IN ('queued', 'active', 'aborting');
+
+CREATE OR REPLACE FUNCTION pgjobs.enqueue_job(
+    task text,
+    args jsonb DEFAULT '{}',
+    queue text DEFAULT 'default',
+    priority integer DEFAULT 0,
+    scheduled_at timestamptz DEFAULT now(),
+    group_key text DEFAULT NULL,
+    key text DEFAULT NULL,
+    max_attempts integer DEFAULT 3,
+    timeout double precision DEFAULT 0,
+    heartbeat double precision DEFAULT 0,
+    retry_delay double precision DEFAULT 1,
+    retry_backoff double precision DEFAULT 3600,
+    ttl integer DEFAULT 86400,
+    meta jsonb DEFAULT '{}'
+) RETURNS pgjobs.jobs
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    r pgjobs.jobs;
+    j pgjobs.jobs;
+BEGIN
+    r := pgjobs._job_row('', task, args, queue, priority, scheduled_at, group_key, key,
+                         max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta);
+    LOOP
+        INSERT INTO pgjobs.jobs AS t (queue, task, args, priority, group_key, key, max_attempts,
+                                      scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
+        VALUES (r.queue, r.task, r.args, r.priority, r.group_key, r.key, r.max_attempts,
+                r.scheduled_at, r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl, r.meta)
+        ON CONFLICT (key) WHERE status IN ('queued', 'active', 'aborting') DO NOTHING
+        RETURNING t.* INTO j;
+        IF FOUND THEN
+            -- Delivered at commit only, and folded into one per channel per transaction.
+            PERFORM pg_notify(pgjobs.queue_channel(j.queue), '');
+            RETURN j;
+        END IF;
+        -- A new statement sees the job that won the conflict, even one committed a moment ago.
+        SELECT * INTO j FROM pgjobs.jobs t
+        WHERE t.key = r.key AND t.status IN ('queued', 'active', 'aborting');
+        IF FOUND THEN
+            RETURN j;
+        END IF;
+        -- It finished in between: try the insert again.
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pgjobs.enqueue_many(jobs jsonb)
+RETURNS TABLE (item integer, id bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    bad record;
+    items integer[];
+    ids bigint[];
+    keys text[];
+    queues text[];
+BEGIN
+    IF jsonb_typeof(jobs) IS DISTINCT FROM 'array' THEN
+        PERFORM pgjobs._refuse('jobs', 'must be a JSON array of job objects');
+    END IF;
+    SELECT e.n - 1 AS i, jsonb_typeof(e.doc) AS type INTO bad
+    FROM jsonb_array_elements(jobs) WITH ORDINALITY AS e(doc, n)
+    WHERE jsonb_typeof(e.doc) <> 'object' LIMIT 1;
+    IF FOUND THEN
+        PERFORM pgjobs._refuse(format('jobs[%s]', bad.i), format('must be a JSON object, got %s', bad.type));
+    END IF;
+    SELECT e.n - 1 AS i, k AS name INTO bad
+    FROM jsonb_array_elements(jobs) WITH ORDINALITY AS e(doc, n), jsonb_object_keys(e.doc) AS k
+    WHERE k <> ALL (ARRAY['task', 'args', 'queue', 'priority', 'scheduled_at', 'group_key', 'key',
+                          'max_attempts', 'timeout', 'heartbeat', 'retry_delay', 'retry_backoff',
+                          'ttl', 'meta', 'delay'])
+    LIMIT 1;
+    IF FOUND THEN
+        PERFORM pgjobs._refuse(format('jobs[%s].%s', bad.i, bad.name), 'is not an enqueue parameter');
+    END IF;
+
+    WITH input AS (
+        SELECT e.n - 1 AS i, nextval(pg_get_serial_sequence('pgjobs.jobs', 'id')) AS new_id, r.*
+        FROM jsonb_array_elements(jobs) WITH ORDINALITY AS e(doc, n),
+             LATERAL pgjobs._job_row(format('jobs[%s].', e.n - 1),
+                 e.doc->>'task', e.doc->'args', e.doc->>'queue', (e.doc->>'priority')::integer,
+                 coalesce((e.doc->>'scheduled_at')::timestamptz,
+                          now() + make_interval(secs => (e.doc->>'delay')::double precision)),
+                 e.doc->>'group_key', e.doc->>'key',
+                 (e.doc->>'max_attempts')::integer, (e.doc->>'timeout')::double precision,
+                 (e.doc->>'heartbeat')::double precision, (e.doc->>'retry_delay')::double precision,
+                 (e.doc->>'retry_backoff')::double precision, (e.doc->>'ttl')::integer,
+                 e.doc->'meta') AS r
+    ), inserted AS (
+        INSERT INTO pgjobs.jobs AS t (id, queue, task, args, priority, group_key, key, max_attempts,
+                                      scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
+        OVERRIDING SYSTEM VALUE
+        SELECT i.new_id, i.queue, i.task, i.args, i.priority, i.group_key, i.key, i.max_attempts,
+               i.scheduled_at, i.timeout, i.heartbeat, i.retry_delay, i.retry_backoff, i.ttl, i.meta
+        FROM input i ORDER BY i.i
+        ON CONFLICT (key) WHERE status IN ('queued', 'active', 'aborting') DO NOTHING
+        RETURNING t.id, t.queue
+    )
+    SELECT array_agg(i.i ORDER BY i.i), array_agg(ins.id ORDER BY i.i), array_agg(i.key ORDER BY i.i),
+           array_agg(DISTINCT ins.queue) FILTER (WHERE ins.queue IS NOT NULL)
+    INTO items, ids, keys, queues
+    FROM input i
+    LEFT JOIN inserted ins ON ins.id = i.new_id;
+
+    PERFORM pg_notify(pgjobs.queue_channel(q), '') FROM unnest(queues) AS q;
+
+    -- A new statement sees the jobs that hold the conflicting keys, this call's own included.
+    RETURN QUERY
+    SELECT u.i, coalesce(u.id, (SELECT t.id FROM pgjobs.jobs t
+                                WHERE t.key = u.key AND t.status IN ('queued', 'active', 'aborting')))
+    FROM unnest(items, ids, keys) AS u(i, id, key)
+    ORDER BY u.i;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION pgjobs._job_row(
+    label text,
+    task text,
+    args jsonb,
+    queue text,
+    priority integer,
+    scheduled_at timestamptz,
+    group_key text,
+    key text,
+    max_attempts integer,
+    timeout double precision,
+    heartbeat double precision,
+    retry_delay double precision,
+    retry_backoff double precision,
+    ttl integer,
+    meta jsonb
+) RETURNS pgjobs.jobs
+LANGUAGE plpgsql AS $$
+DECLARE
+    r pgjobs.jobs;
+BEGIN
+    IF task IS NULL OR task !~ '^[^[:space:][:cntrl:]]{1,200}$' THEN
+        PERFORM pgjobs._refuse(label || 'task',
+            format('must be 1 to 200 characters without spaces or control characters, got %L', left(task, 300)));
+    END IF;
+    r.task := task;
+    r.queue := coalesce(queue, 'default');
+    IF r.queue !~ '^[A-Za-z0-9_.:-]{1,48}$' THEN
+        PERFORM pgjobs._refuse(label || 'queue',
+            format('must be 1 to 48 characters from A-Z a-z 0-9 _ . : -, got %L', left(r.queue, 300)));
+    END IF;
+    r.args := coalesce(args, '{}');
+    IF jsonb_typeof(r.args) NOT IN ('object', 'array') THEN
+        PERFORM pgjobs._refuse(label || 'args',
+            format('must be a JSON object (keyword arguments) or array (positional), got %s',
+                   jsonb_typeof(r.args)));
+    END IF;
+    IF pg_column_size(r.args) > pgjobs.max_payload() THEN
+        PERFORM pgjobs._refuse(label || 'args', format('is %s bytes, over the cap of %s (pgjobs.max_payload)',
+            pg_column_size(r.args), pgjobs.max_payload()));
+    END IF;
+    r.meta := coalesce(meta, '{}');
+    IF jsonb_typeof(r.meta) <> 'object' THEN
+        PERFORM pgjobs._refuse(label || 'meta', 'must be a JSON object');
+    END IF;
+    IF pg_column_size(r.meta) > pgjobs.max_payload() THEN
+        PERFORM pgjobs._refuse(label || 'meta', format('is %s bytes, over the cap of %s (pgjobs.max_payload)',
+            pg_column_size(r.meta), pgjobs.max_payload()));
+    END IF;
+    r.priority := coalesce(priority, 0);
+    IF r.priority NOT BETWEEN -1000000 AND 1000000 THEN
+        PERFORM pgjobs._refuse(label || 'priority', format('must be between -1000000 and 1000000, got %s', r.priority));
+    END IF;
+    r.scheduled_at := coalesce(scheduled_at, now());
+    IF r.scheduled_at = '-infinity' OR r.scheduled_at = 'infinity' THEN
+        PERFORM pgjobs._refuse(label || 'scheduled_at', 'must be a finite time');
+    END IF;
+    IF group_key = '' OR key = '' THEN
+        PERFORM pgjobs._refuse(label || CASE WHEN key = '' THEN 'key' ELSE 'group_key' END,
+            'must be NULL or non-empty');
+    END IF;
+    IF octet_length(group_key) > 1000 OR octet_length(key) > 1000 THEN  -- both are indexed
+        PERFORM pgjobs._refuse(label || CASE WHEN octet_length(key) > 1000 THEN 'key' ELSE 'group_key' END,
+            'must be at most 1000 bytes');
+    END IF;
+    r.group_key := group_key;
+    r.key := key;
+    r.max_attempts := coalesce(max_attempts, 3);
+    IF r.max_attempts NOT BETWEEN 1 AND 1000 THEN
+        PERFORM pgjobs._refuse(label || 'max_attempts', format('must be between 1 and 1000, got %s', r.max_attempts));
+    END IF;
+    r.timeout := coalesce(timeout, 0);
+    r.heartbeat := coalesce(heartbeat, 0);
+    r.retry_delay := coalesce(retry_delay, 1);
+    r.retry_backoff := coalesce(retry_backoff, 3600);
+    IF NOT (r.timeout >= 0 AND r.timeout < 'Infinity') THEN
+        PERFORM pgjobs._refuse(label || 'timeout', format('must be a finite number of seconds >= 0, got %s', r.timeout));
+    END IF;
+    IF NOT (r.heartbeat >= 0 AND r.heartbeat < 'Infinity') THEN
+        PERFORM pgjobs._refuse(label || 'heartbeat', format('must be a finite number of seconds >= 0, got %s', r.heartbeat));
+    END IF;
+    IF NOT (r.retry_delay >= 0 AND r.retry_delay < 'Infinity') THEN
+        PERFORM pgjobs._refuse(label || 'retry_delay', format('must be a finite number of seconds >= 0, got %s', r.retry_delay));
+    END IF;
+    IF NOT (r.retry_backoff >= 0) OR r.retry_backoff = 'NaN' THEN  -- 'Infinity' is allowed: no cap
+        PERFORM pgjobs._refuse(label || 'retry_backoff', format('must be >= 0, got %s', r.retry_backoff));
+    END IF;
+    r.ttl := coalesce(ttl, 86400);
+    IF r.ttl < -1 THEN
+        PERFORM pgjobs._refuse(label || 'ttl', format('must be -1, 0 or a number of seconds, got %s', r.ttl));
+    END IF;
+    r.status := 'queued';
+    r.attempts := 0;
+    r.progress := 0;
+    r.enqueued_at := now();
+    RETURN r;
+END;
+$$;
 
 CREATE OR REPLACE FUNCTION pgjobs._announce_done(job_ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -277,6 +495,9 @@ $$;
 DROP FUNCTION pgjobs.listen(text);
 DROP FUNCTION pgjobs.unlisten(text);
 DROP FUNCTION pgjobs._heard(text);
+DROP FUNCTION pgjobs._job_problem(text, jsonb, text, integer, timestamptz, text, text, integer,
+    double precision, double precision, double precision, double precision, integer, jsonb, bigint);
+DROP FUNCTION pgjobs._channel(text);
 DROP TABLE pgjobs.listeners;
 
 SELECT pgjobs.harden();
