@@ -48,6 +48,10 @@ class ReapCounts:
     def __bool__(self) -> bool:
         return any(vars(self).values())
 
+    def full(self, batch_size: int) -> bool:
+        """Whether some step of the pass changed as many rows as it may: more may be waiting."""
+        return max(self.killed, self.dead_workers, self.reset, self.deleted_jobs, self.deleted_workers) >= batch_size
+
 
 async def reap_once(conn: psycopg.AsyncConnection[Any], config: ReaperConfig = ReaperConfig()) -> ReapCounts:
     """Run one pass of ``pgjobs.reap()`` and return its counts."""
@@ -92,10 +96,16 @@ class Reaper:
         """Pass after pass until cancelled."""
         try:
             while True:
+                counts = None
                 try:
-                    await self.run_once()
+                    counts = await self.run_once()
                 except psycopg.Error as exc:  # a bad pass is logged; the next one tries again
                     logger.error("reaper pass failed: %s", _database.first_line(exc))
+                if counts is not None and counts.full(self.config.batch_size):
+                    # More is waiting than a pass may take (finished jobs come faster than
+                    # batch_size an interval): go on at once, or the table would grow unbounded.
+                    await asyncio.sleep(0)
+                    continue
                 await asyncio.sleep(self.config.interval * random.uniform(0.9, 1.1))
         finally:
             await self._link.close()

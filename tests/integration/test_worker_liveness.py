@@ -149,3 +149,30 @@ def test_events_follow_a_job_through_its_states(env_dsn: str) -> None:
         return seen
 
     assert run_with_worker(env_dsn, body, **FAST) == ["queued", "active", "complete"]
+
+
+def test_the_reaper_keeps_up_when_more_jobs_expire_than_a_pass_may_delete(env_dsn: str) -> None:
+    with psycopg.connect(env_dsn, autocommit=True) as conn:
+        conn.execute(
+            """INSERT INTO pgjobs.jobs (task, status, ttl, completed_at)
+               SELECT 't', 'complete', 60, now() - interval '2 minutes' FROM generate_series(1, 2500)"""
+        )
+
+    async def main() -> int:
+        # An interval far longer than the test: only passes that follow a full one at once finish it.
+        reaper = pgjobs.reaper.Reaper(env_dsn, ReaperConfig(interval=3600, batch_size=1000))
+        task = asyncio.create_task(reaper.run())
+        try:
+            deadline = time.monotonic() + 20
+            async with await psycopg.AsyncConnection.connect(env_dsn, autocommit=True) as conn:
+                while time.monotonic() < deadline:
+                    left = (await (await conn.execute("SELECT count(*) FROM pgjobs.jobs")).fetchone() or [0])[0]
+                    if left == 0:
+                        break
+                    await asyncio.sleep(0.1)
+            return left
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    assert asyncio.run(main()) == 0
