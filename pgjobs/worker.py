@@ -388,7 +388,7 @@ class Worker:
             if had_nul:
                 logger.warning("job %s %s: NUL characters in its result were replaced by U+FFFD", job.id, job.task)
             try:
-                encoded = to_json(result, f"the result of task {job.task!r}")
+                encoded = None if result is None else to_json(result, f"the result of task {job.task!r}")
             except ArgumentError as exc:
                 raise _NotRetryable(str(exc)) from None
             _fault("before_record")
@@ -469,7 +469,9 @@ class Worker:
                 _sql.query("job_complete_many"),
                 {
                     "ids": [o.job.id for o in done],
-                    "results": [o.result for o in done],  # encoded and checked when the task returned
+                    # Encoded and checked when each task returned; a task that returns None leaves
+                    # the result NULL, and a batch of those sends no array at all.
+                    "results": None if all(o.result is None for o in done) else [o.result for o in done],
                     "attempts": [o.job.attempts for o in done],
                 },
             )
