@@ -37,6 +37,7 @@ class System:
     name = ""
     supports_groups = False
     keeps_finished = False
+    queue_tables: tuple[str, ...] = ()  # whose size and dead tuples the sustained run reports
 
     def install(self, dsn: str) -> None:
         raise NotImplementedError
@@ -84,6 +85,7 @@ class Pgjobs(System):
     name = "pgjobs"
     supports_groups = True
     keeps_finished = True
+    queue_tables = ("pgjobs.jobs",)
 
     def install(self, dsn: str) -> None:
         import pgjobs
@@ -124,7 +126,9 @@ class Pgjobs(System):
     async def enqueue_tagged(self, conn: Any, tag: int) -> None:
         import pgjobs
 
-        await pgjobs.enqueue_async("bench.stamp", tag, conn=conn)
+        # Finished jobs are kept a minute (the default is a day), so that a 10-minute sustained run
+        # shows the table staying bounded by what retention keeps.
+        await pgjobs.enqueue_async("bench.stamp", tag, conn=conn, ttl=60)
 
     def unfinished_sql(self) -> str:
         return "SELECT count(*) FROM pgjobs.jobs WHERE status IN ('queued', 'active')"
@@ -147,6 +151,7 @@ async def _asyncpg_connect(dsn: str) -> Any:
 # ------------------------------------------------------------------------------------------------
 class PgQueuer(System):
     name = "pgqueuer"
+    queue_tables = ("pgqueuer",)  # finished jobs leave it (PgQueuer logs them elsewhere)
 
     @staticmethod
     async def _queries(conn: Any) -> Any:
@@ -229,6 +234,7 @@ class Procrastinate(System):
     name = "procrastinate"
     supports_groups = True
     keeps_finished = True
+    queue_tables = ("procrastinate_jobs",)  # keeps every job until a cleanup task removes it
 
     @staticmethod
     def app(dsn: str) -> Any:
