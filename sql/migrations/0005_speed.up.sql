@@ -372,7 +372,9 @@ $$;
 -- Record the results of many jobs (0004's version, the cap read once).
 CREATE OR REPLACE FUNCTION pgjobs.complete_many(job_ids bigint[], results jsonb[] DEFAULT NULL, attempts integer[] DEFAULT NULL)
 RETURNS SETOF bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- One plan for every call, as dequeue (below) explains.
+SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     cap bigint := pgjobs.max_payload();
@@ -415,7 +417,11 @@ $$;
 -- Claim due jobs (0001's version, jobs without a group claimed by the statement that locks them).
 CREATE OR REPLACE FUNCTION pgjobs.dequeue(worker_id text, queues text[], max_jobs integer DEFAULT 1)
 RETURNS SETOF pgjobs.jobs
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- The plan made once serves every call: planning it again for each call (PostgreSQL's choice, as
+-- the generic plan's estimates for LIMIT wanted are huge) cost more than running it, and those
+-- estimates must not start JIT compilation either.
+SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     wanted integer := max_jobs;
@@ -456,8 +462,9 @@ BEGIN
                   AND j.queue = q.name
                   AND j.scheduled_at <= now()
                   AND (j.group_key IS NULL OR (
+                       -- OFFSET 0: probe the group index per candidate; never hash every running job.
                        NOT EXISTS (SELECT FROM pgjobs.jobs a
-                                   WHERE a.group_key = j.group_key AND a.status IN ('active', 'aborting'))
+                                   WHERE a.group_key = j.group_key AND a.status IN ('active', 'aborting') OFFSET 0)
                        AND pg_try_advisory_xact_lock(1885957986, hashtext(j.group_key))))
                 ORDER BY j.priority, j.scheduled_at, j.id
                 LIMIT wanted
@@ -497,7 +504,7 @@ BEGIN
             WHERE j.id = c.id
               AND c.nth = 1
               AND NOT EXISTS (SELECT FROM pgjobs.jobs a
-                              WHERE a.group_key = c.group_key AND a.status IN ('active', 'aborting'))
+                              WHERE a.group_key = c.group_key AND a.status IN ('active', 'aborting') OFFSET 0)
             RETURNING j.*;
             GET DIAGNOSTICS grouped = ROW_COUNT;
             claimed := claimed + grouped;
