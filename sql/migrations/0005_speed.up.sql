@@ -169,8 +169,10 @@ CREATE OR REPLACE FUNCTION pgjobs._job_row(
 ) RETURNS pgjobs.jobs
 LANGUAGE plpgsql AS $$
 DECLARE
+    -- A variable, not a call in the arguments: a costly argument used twice stops the inlining.
+    cap bigint := pgjobs.max_payload();
     problem text[] := pgjobs._job_problem(task, args, queue, priority, coalesce(scheduled_at, now()), group_key,
-        key, max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, pgjobs.max_payload());
+        key, max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, cap);
     r pgjobs.jobs;
 BEGIN
     IF problem IS NOT NULL THEN
