@@ -304,7 +304,7 @@ class Bench:
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute("SELECT pg_stat_force_next_flush()") if conn.info.server_version >= 150000 else None
                     stats = conn.execute(
-                        """SELECT sum(n_dead_tup), sum(pg_total_relation_size(relid))
+                        """SELECT sum(n_dead_tup)::float8, sum(pg_total_relation_size(relid))::float8
                            FROM pg_stat_user_tables WHERE relid = ANY (%s::regclass[])""",
                         [list(system.queue_tables)],
                     ).fetchone()
@@ -312,21 +312,26 @@ class Bench:
                 dead.add(system.name, stats[0])
                 size.add(system.name, stats[1] / 1e6)
 
-    async def _steady(self, system: System, dsn: str, rate: int, seconds: int) -> dict[int, float]:
-        conn = await system.connect_async(dsn)
+    async def _steady(self, system: System, dsn: str, rate: int, seconds: int, clients: int = 4) -> dict[int, float]:
+        """Enqueue `rate` tagged jobs a second for `seconds`, from several connections (one commits
+        too few jobs a second on its own); returns each tag's commit time."""
         committed: dict[int, float] = {}
         start = time.perf_counter()
-        tag = 0
-        try:
-            while time.perf_counter() - start < seconds:
-                await system.enqueue_tagged(conn, tag)
-                committed[tag] = time.time()
-                tag += 1
-                ahead = start + tag / rate - time.perf_counter()
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-        finally:
-            await system.close_async(conn)
+
+        async def client(first: int) -> None:
+            conn = await system.connect_async(dsn)
+            try:
+                tag = first
+                while (due := start + tag / rate) - start < seconds:
+                    if (ahead := due - time.perf_counter()) > 0:
+                        await asyncio.sleep(ahead)
+                    await system.enqueue_tagged(conn, tag)
+                    committed[tag] = time.time()
+                    tag += clients
+            finally:
+                await system.close_async(conn)
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
         return committed
 
     # -- report -------------------------------------------------------------------------------

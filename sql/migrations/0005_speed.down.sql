@@ -1,5 +1,6 @@
 -- 0005 speed, rolled back: earlier bodies of the functions it replaced, the group and key indexes
 -- over every job of their statuses, no listeners.
+ALTER TABLE pgjobs.jobs RESET (autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold);
 DROP INDEX pgjobs.jobs_group_key_idx;
 CREATE UNIQUE INDEX jobs_group_key_idx
     ON pgjobs.jobs (group_key) WHERE status IN ('active', 'aborting');

@@ -16,7 +16,8 @@ def schema_objects(dsn: str) -> list[tuple[str, str]]:
     triggers and enum labels."""
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            """SELECT 'relation', c.relkind::text || ' ' || c.relname FROM pg_class c
+            """SELECT 'relation', c.relkind::text || ' ' || c.relname || ' ' || coalesce(c.reloptions::text, '')
+               FROM pg_class c
                JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pgjobs'
                UNION ALL
                SELECT 'column', table_name || '.' || column_name || ' ' || data_type || ' '
