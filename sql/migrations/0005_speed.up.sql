@@ -408,7 +408,8 @@ BEGIN
             progress = 1, completed_at = now(), touched_at = now()
         FROM unnest(complete_many.job_ids, coalesce(complete_many.results, '{}'),
                     coalesce(complete_many.attempts, '{}')) AS u(id, result, attempt)
-        WHERE j.id = u.id AND j.status IN ('active', 'aborting')
+        -- The id array again, as a primary-key probe the one plan keeps whatever it guesses.
+        WHERE j.id = ANY (complete_many.job_ids) AND j.id = u.id AND j.status IN ('active', 'aborting')
           AND (u.attempt IS NULL OR j.attempts = u.attempt)
         RETURNING j.id, j.queue, j.group_key
     )
@@ -481,11 +482,12 @@ BEGIN
             ORDER BY l.priority, l.scheduled_at, l.id
             LIMIT wanted
         ), free AS (
+            -- By id from an array: the one plan for every call must probe the primary key however
+            -- many rows it guesses a claim takes (a join could hash the table).
             UPDATE pgjobs.jobs j
             SET status = 'active', attempts = j.attempts + 1, worker_id = dequeue.worker_id,
                 started_at = now(), touched_at = now(), completed_at = NULL
-            FROM c
-            WHERE j.id = c.id AND c.group_key IS NULL
+            WHERE j.id = ANY (ARRAY(SELECT c.id FROM c WHERE c.group_key IS NULL))
             RETURNING j
         )
         SELECT (SELECT array_agg(free.j) FROM free), count(*),
@@ -504,15 +506,16 @@ BEGIN
                 SELECT u.id, u.group_key,
                        row_number() OVER (PARTITION BY u.group_key ORDER BY u.ord) AS nth
                 FROM unnest(ids, groups) WITH ORDINALITY AS u(id, group_key, ord)
+            ), free AS (
+                SELECT c.id FROM c
+                WHERE c.nth = 1
+                  AND NOT EXISTS (SELECT FROM pgjobs.jobs a
+                                  WHERE a.group_key = c.group_key AND a.status IN ('active', 'aborting') OFFSET 0)
             )
             UPDATE pgjobs.jobs j
             SET status = 'active', attempts = j.attempts + 1, worker_id = dequeue.worker_id,
                 started_at = now(), touched_at = now(), completed_at = NULL
-            FROM c
-            WHERE j.id = c.id
-              AND c.nth = 1
-              AND NOT EXISTS (SELECT FROM pgjobs.jobs a
-                              WHERE a.group_key = c.group_key AND a.status IN ('active', 'aborting') OFFSET 0)
+            WHERE j.id = ANY (ARRAY(SELECT free.id FROM free))
             RETURNING j.*;
             GET DIAGNOSTICS grouped = ROW_COUNT;
             claimed := claimed + grouped;

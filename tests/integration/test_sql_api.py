@@ -327,12 +327,16 @@ def test_release_gives_jobs_back_without_counting_the_attempt(conn: Conn) -> Non
 
 def test_the_claim_walks_its_index_in_order_and_stops_early(conn: Conn) -> None:
     """The claim must read a handful of index entries, not sort the backlog: with 20,000 queued and
-    50,000 finished jobs, its index scan returns only the rows it locks."""
+    50,000 finished jobs, its index scan returns only the rows it locks; claiming grouped jobs and
+    completing them probe rows by id too, never scanning the table."""
     conn.execute(
         """INSERT INTO pgjobs.jobs (task, status, completed_at)
            SELECT 'done', 'complete', now() FROM generate_series(1, 50000)"""
     )
     conn.execute("INSERT INTO pgjobs.jobs (task, priority) SELECT 't', i % 7 FROM generate_series(1, 20000) i")
+    conn.execute(
+        "INSERT INTO pgjobs.jobs (task, priority, group_key) SELECT 't', -1, 'g' || i FROM generate_series(1, 3) i"
+    )
     conn.execute("ANALYZE pgjobs.jobs")
     conn.execute("LOAD 'auto_explain'")
     conn.execute("SET auto_explain.log_min_duration = 0")
@@ -342,11 +346,16 @@ def test_the_claim_walks_its_index_in_order_and_stops_early(conn: Conn) -> None:
     conn.execute("SET client_min_messages = notice")
     plans: list[str] = []
     conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
-    assert len(dequeue(conn, 5)) == 5
-    (claim,) = [p for p in plans if "LockRows" in p]
+    claimed = dequeue(conn, 5)
+    assert len(claimed) == 5 and sum(1 for j in claimed if j["group_key"]) == 3
+    conn.execute("SELECT pgjobs.complete_many(%s)", [[j["id"] for j in claimed]])
+    claim = next(p for p in plans if "LockRows" in p)
     scans = [line for line in claim.splitlines() if "Index Scan using jobs_queue_priority_scheduled_at_id_idx" in line]
     assert scans, claim
-    assert "Bitmap Heap Scan" not in claim and "Seq Scan" not in claim, claim
     for line in scans:
         rows = float(line.split("actual time=")[1].split("rows=")[1].split()[0])  # PG 18 prints 5.00
         assert rows <= 10, line
+    updates = [p for p in plans if "Update on jobs" in p]
+    assert len(updates) == 3, plans  # ungrouped claims, grouped claims, completions
+    for plan in updates:
+        assert "Bitmap Heap Scan" not in plan and "Seq Scan on jobs" not in plan, plan
