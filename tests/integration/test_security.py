@@ -52,6 +52,9 @@ def test_a_client_may_enqueue_cancel_and_read_only_its_own_jobs(login: Any, conn
     alice.execute("""SELECT * FROM pgjobs.enqueue_many('[{"task": "u"}]')""")
     assert [r["task"] for r in alice.execute("SELECT task FROM pgjobs.jobs ORDER BY id")] == ["t", "u"]
     assert alice.execute("SELECT pgjobs.cancel(%s) AS s", [mine]).fetchone() == {"s": "aborted"}
+    alice.execute("SELECT pgjobs.listen('pgjobs.done')")  # what wait() does for a client
+    refused(alice, "SELECT * FROM pgjobs.listeners")
+    refused(alice, "DELETE FROM pgjobs.listeners")
     refused(alice, "SELECT * FROM pgjobs.dequeue('x', '{default}', 1)")
     refused(alice, "SELECT pgjobs.complete(%s)", [mine])
     refused(alice, "UPDATE pgjobs.jobs SET status = 'complete'")
