@@ -261,6 +261,8 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     cap bigint := pgjobs.max_payload();
+    known text[] := ARRAY['task', 'args', 'queue', 'priority', 'scheduled_at', 'group_key', 'key', 'max_attempts',
+                          'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta', 'delay'];
     problem text[];
     items integer[];
     ids bigint[];
@@ -277,13 +279,8 @@ BEGIN
                CASE
                    WHEN jsonb_typeof(e.doc) <> 'object' THEN
                        ARRAY[format('jobs[%s]', e.n - 1), format('must be a JSON object, got %s', jsonb_typeof(e.doc))]
-                   WHEN e.doc - ARRAY['task', 'args', 'queue', 'priority', 'scheduled_at', 'group_key', 'key',
-                                      'max_attempts', 'timeout', 'heartbeat', 'retry_delay', 'retry_backoff',
-                                      'ttl', 'meta', 'delay'] <> '{}' THEN
-                       ARRAY[format('jobs[%s].%s', e.n - 1,
-                                    (SELECT k FROM jsonb_object_keys(e.doc - ARRAY['task', 'args', 'queue', 'priority',
-                                        'scheduled_at', 'group_key', 'key', 'max_attempts', 'timeout', 'heartbeat',
-                                        'retry_delay', 'retry_backoff', 'ttl', 'meta', 'delay']) AS k LIMIT 1)),
+                   WHEN e.doc - known <> '{}' THEN
+                       ARRAY[format('jobs[%s].%s', e.n - 1, (SELECT k FROM jsonb_object_keys(e.doc - known) AS k LIMIT 1)),
                              'is not an enqueue parameter']
                    WHEN r.fault IS NOT NULL THEN
                        ARRAY[format('jobs[%s].', e.n - 1) || r.fault[1], r.fault[2]]

@@ -359,3 +359,9 @@ def test_the_claim_walks_its_index_in_order_and_stops_early(conn: Conn) -> None:
     assert len(updates) == 3, plans  # ungrouped claims, grouped claims, completions
     for plan in updates:
         assert "Bitmap Heap Scan" not in plan and "Seq Scan on jobs" not in plan, plan
+
+
+def test_enqueue_many_names_an_unknown_option_and_adds_nothing(conn: Conn) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"jobs\[1\]\.colour: is not an enqueue parameter"):
+        conn.execute("""SELECT * FROM pgjobs.enqueue_many('[{"task": "a"}, {"task": "b", "colour": "red"}]')""")
+    assert one(conn, "SELECT count(*) FROM pgjobs.jobs") == 0
