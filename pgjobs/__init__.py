@@ -26,7 +26,7 @@ from .client import (
     wait,
     wait_async,
 )
-from .errors import ArgumentError, ConfigurationError, PgjobsError, SchemaError, UnknownTaskError
+from .errors import ArgumentError, ConfigurationError, JobCancelled, PgjobsError, SchemaError, UnknownTaskError
 from .job import Job, JobStatus
 from .migrations import migrate
 from .reaper import ReapCounts, Reaper, ReaperConfig
@@ -42,6 +42,7 @@ __all__ = [
     "ConfigurationError",
     "Event",
     "Job",
+    "JobCancelled",
     "JobRequest",
     "JobStatus",
     "PgjobsError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import re
@@ -14,6 +15,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from . import embedded
@@ -59,10 +61,60 @@ def _connect_error(dsn: str, exc: Exception) -> ConfigurationError:
     return ConfigurationError(f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}")
 
 
-def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[Row]:
-    """A connection returning dict rows; a wrong DSN raises ConfigurationError with one line."""
+DEAD_PEER_TIMEOUT = 30.0
+
+
+def dead_peer_timeout() -> float:
+    """Seconds after which a silent peer counts as gone: ``PGJOBS_DEAD_PEER_TIMEOUT``, default 30."""
+    text = os.environ.get("PGJOBS_DEAD_PEER_TIMEOUT")
+    if not text:
+        return DEAD_PEER_TIMEOUT
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row)
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 2 <= value <= 86400:
+        raise ConfigurationError(f"PGJOBS_DEAD_PEER_TIMEOUT must be 2 to 86400 seconds, got {text!r}")
+    return value
+
+
+def session_params(dsn: str) -> dict[str, Any]:
+    """Connection parameters that make a session die with its host, both ends, unless the DSN sets
+    them itself: a host that vanishes (power loss, a partition) leaves the server with a session
+    that TCP alone keeps for hours, holding its locks, and the client waiting as long.
+
+    With T = dead_peer_timeout(): keepalives after T/3 s idle, every T/6 s, 4 unanswered ones end the
+    session (T in all), unacknowledged data ends it after T (``tcp_user_timeout``); a connection
+    attempt gives up after T/3; a transaction left idle is ended after T/3 so that a frozen client
+    cannot hold row locks. The server side gets the same through ``options``.
+    """
+    t = dead_peer_timeout()
+    try:
+        given = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return {}  # connect() reports the malformed DSN
+    idle, interval, user_timeout = str(max(1, round(t / 3))), str(max(1, round(t / 6))), str(round(t * 1000))
+    client = {
+        "keepalives": "1", "keepalives_idle": idle, "keepalives_interval": interval, "keepalives_count": "4",
+        "tcp_user_timeout": user_timeout, "connect_timeout": str(max(2, round(t / 3))),
+    }  # fmt: skip
+    params = {k: v for k, v in client.items() if k not in given}
+    server = {
+        "tcp_keepalives_idle": idle, "tcp_keepalives_interval": interval, "tcp_keepalives_count": "4",
+        "tcp_user_timeout": user_timeout, "idle_in_transaction_session_timeout": f"{idle}s",
+    }  # fmt: skip
+    options = str(given.get("options") or "")
+    extra = " ".join(f"-c {k}={v}" for k, v in server.items() if k not in options)
+    if extra:
+        params["options"] = f"{options} {extra}".strip()
+    return params
+
+
+def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[Row]:
+    """A connection returning dict rows, with session_params(); a wrong DSN raises
+    ConfigurationError with one line."""
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **session_params(dsn))
     except (psycopg.Error, ValueError) as exc:
         raise _connect_error(dsn, exc) from None
 
@@ -70,7 +122,9 @@ def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[Row]:
 async def connect_async(dsn: str, *, autocommit: bool = True) -> psycopg.AsyncConnection[Row]:
     """The async twin of connect()."""
     try:
-        return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, row_factory=dict_row)
+        return await psycopg.AsyncConnection.connect(
+            dsn, autocommit=autocommit, row_factory=dict_row, **session_params(dsn)
+        )
     except (psycopg.Error, ValueError) as exc:
         raise _connect_error(dsn, exc) from None
 

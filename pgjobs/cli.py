@@ -52,7 +52,7 @@ def _worker(args: argparse.Namespace) -> int:
         poll_interval=args.poll_interval,
         shutdown_grace=args.shutdown_grace,
         heart_rate=args.heart_rate,
-        reaper=None if args.no_reaper else ReaperConfig(interval=args.reap_interval),
+        reaper=None if args.no_reaper else ReaperConfig(interval=args.reap_interval, lease_ttl=args.lease_ttl),
         scheduler=None if args.no_scheduler else SchedulerConfig(interval=args.schedule_interval),
         schedules=schedules.declared(modules).values(),
         log_args=args.log_args,
@@ -126,6 +126,8 @@ def _workers(args: argparse.Namespace) -> int:
     for r in rows:
         if args.all or r["status"] in ("running", "stopping"):
             state = r["status"] if r["alive"] or r["status"] in ("stopped", "dead") else f"{r['status']} (silent)"
+            if r["leader"]:
+                state += " reaper-leader"
             print(
                 f"{r['id']}  {state}  queues={','.join(r['queues'])} concurrency={r['concurrency']} "
                 f"user={r['os_user']} started={r['started_at']:%Y-%m-%d %H:%M:%S} beat={r['heartbeat_at']:%H:%M:%S}"
@@ -275,6 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--heart-rate", type=float, default=5.0, help="seconds between heartbeats (default 5)")
     c.add_argument("--reap-interval", type=float, default=5.0, help="seconds between reaper passes (default 5)")
     c.add_argument("--no-reaper", action="store_true", help="never run the reaper in this worker")
+    c.add_argument("--lease-ttl", type=float, help="seconds the reaper leader's lease lasts (default 3 reap intervals)")
     c.add_argument("--schedule-interval", type=float, default=1.0, help="seconds between scheduler passes (default 1)")
     c.add_argument("--no-scheduler", action="store_true", help="never fire schedules in this worker")
     c.add_argument("--log-args", action="store_true", help="log job arguments at DEBUG")

@@ -218,9 +218,11 @@ def _default_pool() -> ConnectionPool[Any]:
     global _pool
     with _lock:
         if _pool is None:
+            dsn = _ready_dsn()
             _pool = ConnectionPool(
-                _ready_dsn(), min_size=1, max_size=8, kwargs={"autocommit": True}, open=True, name="pgjobs"
-            )
+                dsn, min_size=1, max_size=8, kwargs={"autocommit": True, **_database.session_params(dsn)},
+                open=True, name="pgjobs",
+            )  # fmt: skip
             atexit.register(_pool.close)
         return _pool
 
@@ -230,7 +232,8 @@ async def _default_async_pool() -> AsyncConnectionPool[Any]:
     pool = _async_pools.get(loop)
     if pool is None:
         dsn = await asyncio.to_thread(_ready_dsn)
-        pool = AsyncConnectionPool(dsn, min_size=1, max_size=8, kwargs={"autocommit": True}, open=False)
+        kwargs = {"autocommit": True, **_database.session_params(dsn)}
+        pool = AsyncConnectionPool(dsn, min_size=1, max_size=8, kwargs=kwargs, open=False)
         await pool.open()
         _async_pools[loop] = pool
     return pool

@@ -21,3 +21,7 @@ class ArgumentError(PgjobsError, ValueError):
 
 class UnknownTaskError(PgjobsError, LookupError):
     """No task of that name is registered."""
+
+
+class JobCancelled(PgjobsError):
+    """The worker stopped this run (``job.update()`` in a task whose run was stopped; see Job.cancelled)."""

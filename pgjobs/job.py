@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
 import json
@@ -13,7 +14,7 @@ from typing import Any, Literal
 
 from psycopg.types.json import Jsonb
 
-from .errors import ArgumentError
+from .errors import ArgumentError, JobCancelled
 
 DurationKind = Literal["process", "start", "total", "running"]
 
@@ -111,6 +112,8 @@ class Job:
     _runner: tuple[asyncio.AbstractEventLoop, Callable[..., Awaitable[bool]]] | None = field(
         default=None, repr=False, compare=False
     )
+    # Why the worker stopped this run, once it did (see cancelled).
+    _stopped: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
@@ -176,6 +179,18 @@ class Job:
     def _bind(self, loop: asyncio.AbstractEventLoop, touch: Callable[..., Awaitable[bool]]) -> None:
         self._runner = (loop, touch)
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the worker running this job stopped the run: cancelled, killed by the reaper,
+        no longer this worker's, given up while the worker could not reach the database, or given
+        back at shutdown. A sync task, which Python cannot interrupt, should check it in long loops
+        and return; nothing it returns is recorded."""
+        return self._stopped is not None
+
+    def _check_running(self) -> None:
+        if self._stopped is not None:
+            raise JobCancelled(f"job {self.id}: {self._stopped}")
+
     def _note(self, progress: float | None, meta: Mapping[str, Any] | None) -> None:
         if progress is not None:
             self.progress = progress
@@ -184,20 +199,33 @@ class Job:
 
     def update(self, *, progress: float | None = None, meta: Mapping[str, Any] | None = None) -> bool:
         """From a sync task: record progress (0 to 1) and merge meta into the stored job; this
-        also touches the run's heartbeat. False when the run is no longer this worker's."""
+        also touches the run's heartbeat. False when the run is no longer this worker's; raises
+        JobCancelled once the worker stopped the run (see cancelled)."""
         if self._runner is None:
             raise RuntimeError("update() is for a job its worker is running (use pass_job=True)")
+        self._check_running()
         loop, touch = self._runner
         with contextlib.suppress(RuntimeError):
             if asyncio.get_running_loop() is loop:
                 raise TypeError("in an async task, use await job.update_async(...)")
         self._note(progress, meta)
-        return asyncio.run_coroutine_threadsafe(touch(progress, meta), loop).result()  # type: ignore[arg-type]
+        future: concurrent.futures.Future[bool] = asyncio.run_coroutine_threadsafe(
+            touch(progress, meta),  # type: ignore[arg-type]
+            loop,
+        )
+        while True:
+            try:
+                return bool(future.result(timeout=0.05))
+            except concurrent.futures.TimeoutError:
+                # The worker may stop the run while this waits (on a database that does not
+                # answer): the task hears of it now; the touch finishes or fails on its own.
+                self._check_running()
 
     async def update_async(self, *, progress: float | None = None, meta: Mapping[str, Any] | None = None) -> bool:
         """The async twin of update(), for async tasks."""
         if self._runner is None:
             raise RuntimeError("update_async() is for a job its worker is running (use pass_job=True)")
+        self._check_running()
         self._note(progress, meta)
         return await self._runner[1](progress, meta)
 

@@ -2,17 +2,20 @@
 deletes finished jobs past their ttl.
 
 The work is ``pgjobs.reap()`` in SQL, safe from several sessions at once; inside workers one
-leader at a time runs it, the holder of a session advisory lock, so that a fleet does not repeat
-the same scans.
+leader at a time runs it, the holder of the ``reaper`` lease (``pgjobs.reap_as``), so that a fleet
+does not repeat the same scans. The lease is on the database clock and renewed by each pass in the
+transaction that does the pass's work: a leader that freezes or is cut off loses it when it runs
+out, and a deposed leader that wakes up changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import secrets
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 
@@ -28,11 +31,19 @@ class ReaperConfig:
     :param interval: seconds between passes (each wait jittered by ±10%).
     :param batch_size: the most rows one step of a pass changes.
     :param grace_multiplier: a worker is dead when its heartbeat is older than this many heart rates.
+    :param lease_ttl: seconds the leader's lease lasts after each pass; when it runs out another
+        worker takes over. Default: 3 intervals, so one or two late passes do not cost the lease.
     """
 
     interval: float = 5.0
     batch_size: int = 1000
     grace_multiplier: float = 2.1
+    lease_ttl: float | None = None
+
+    @property
+    def ttl(self) -> float:
+        """The lease's ttl in seconds."""
+        return self.lease_ttl if self.lease_ttl is not None else 3 * self.interval
 
 
 @dataclass(frozen=True)
@@ -53,38 +64,40 @@ class ReapCounts:
         return max(self.killed, self.dead_workers, self.reset, self.deleted_jobs, self.deleted_workers) >= batch_size
 
 
-async def reap_once(conn: psycopg.AsyncConnection[Any], config: ReaperConfig = ReaperConfig()) -> ReapCounts:
-    """Run one pass of ``pgjobs.reap()`` and return its counts."""
-    rows = await _database.fetch_async(
-        conn, _sql.query("reap"), {"batch_size": config.batch_size, "grace": config.grace_multiplier}
-    )
-    return ReapCounts(**rows[0])
-
-
 class Reaper:
-    """Runs the reaper every interval while this process holds the leader lock."""
+    """Runs a reaper pass every interval; a pass does work only while ``holder`` holds the lease.
 
-    def __init__(self, dsn: str, config: ReaperConfig = ReaperConfig()) -> None:
+    :param holder: who contends for the lease: the worker's id (``pgjobs workers`` shows the leader).
+    """
+
+    def __init__(self, dsn: str, config: ReaperConfig = ReaperConfig(), *, holder: str | None = None) -> None:
         self.config = config
+        self.holder = holder or f"reaper:{secrets.token_hex(4)}"
         self.leader = False
         self._link = _database.Link(dsn, "reaper")
 
     async def run_once(self) -> ReapCounts | None:
-        """One pass if this process is (or becomes) the leader; None otherwise."""
+        """One pass if this process holds (or takes) the lease; None otherwise."""
         try:
             conn = await self._link.get()
-            if not self.leader:
-                rows = await _database.fetch_async(conn, _sql.query("reaper_lead"))
-                self.leader = bool(rows[0]["leader"])
-                if self.leader:
-                    logger.info("this worker now runs the reaper")
-            if not self.leader:
-                return None
-            counts = await reap_once(conn, self.config)
+            (row,) = await _database.fetch_async(
+                conn,
+                _sql.query("reap_as"),
+                {
+                    "holder": self.holder, "lease_ttl": self.config.ttl, "batch_size": self.config.batch_size,
+                    "grace": self.config.grace_multiplier,
+                },
+            )  # fmt: skip
         except psycopg.OperationalError as exc:
-            self.leader = False  # the lock went with the connection
             await self._link.broken(exc)
             return None
+        leader = bool(row.pop("leader"))
+        if leader != self.leader:
+            logger.info("this worker %s the reaper", "now runs" if leader else "no longer runs")
+            self.leader = leader
+        if not leader:
+            return None
+        counts = ReapCounts(**row)
         if counts:
             logger.info(
                 "reaper: %d killed, %d workers dead, %d jobs reset, %d jobs and %d workers deleted",
@@ -92,8 +105,18 @@ class Reaper:
             )  # fmt: skip
         return counts
 
+    async def resign(self) -> None:
+        """Hand the lease back, so that another worker takes over at its next pass, not after the ttl."""
+        if not self.leader or self._link.conn is None or self._link.conn.closed:
+            return
+        self.leader = False
+        with contextlib.suppress(psycopg.Error):
+            await _database.fetch_async(
+                self._link.conn, _sql.query("lease_release"), {"name": "reaper", "holder": self.holder}
+            )
+
     async def run(self) -> None:
-        """Pass after pass until cancelled."""
+        """Pass after pass until cancelled; the lease is handed back on the way out."""
         try:
             while True:
                 counts = None
@@ -108,4 +131,7 @@ class Reaper:
                     continue
                 await asyncio.sleep(self.config.interval * random.uniform(0.9, 1.1))
         finally:
+            # Bounded: a host cut off from the database must still be able to stop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.resign(), 2.0)
             await self._link.close()

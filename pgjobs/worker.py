@@ -5,6 +5,10 @@ that cannot be interrupted never takes a slot from the next job. Jobs are claime
 to the free slots; outcomes are written in batches by one flusher, never before the task has
 finished. A heartbeat thread with its own connection keeps the worker's row and its runs fresh,
 so a CPU-bound task cannot starve it. Connections that break are reopened with backoff.
+
+A worker that could not beat for nearly as long as the reaper waits before declaring it dead
+fences itself: it stops every run it holds and claims nothing until a beat goes through again,
+so that no run of its overlaps the re-run another worker may be given.
 """
 
 from __future__ import annotations
@@ -48,6 +52,13 @@ _FAULT = os.environ.get("PGJOBS_FAULT")
 
 DEFAULT_REAPER = ReaperConfig()
 DEFAULT_SCHEDULER = SchedulerConfig()
+
+# Why a run was stopped: a user's cancel or a reaper kill; no longer ours; given up by the fence.
+StopReason = Literal["abort", "lost", "fenced"]
+
+# The fence acts this many heart rates before the reaper may declare the worker dead, for the
+# beat in flight and the cancellations to land.
+FENCE_MARGIN = 0.25
 
 
 def _fault(point: str) -> None:
@@ -123,14 +134,21 @@ class Worker:
         self.heart_rate = heart_rate
         self.tasks = tasks if tasks is not None else registry
         self.log_args = log_args
-        self._reaper = Reaper(dsn, reaper) if reaper is not None else None
+        self._reaper = Reaper(dsn, reaper, holder=self.id) if reaper is not None else None
+        # Seconds without a successful beat after which this worker gives up its runs.
+        grace = (reaper or DEFAULT_REAPER).grace_multiplier
+        self.fence_after = heart_rate * max(grace - FENCE_MARGIN, 1.0)
         self._scheduler = Scheduler(dsn, scheduler) if scheduler is not None else None
         self.schedules = list(schedules) if schedules is not None else list(schedule_registry.values())
         self._running: dict[int, asyncio.Task[None]] = {}
         # job id -> attempt of each run, for the heart; the heart thread reads it with copy(), one
         # C call under the GIL, while the loop thread changes it.
         self._held: dict[int, int] = {}
-        self._stop_reason: dict[int, Literal["abort", "lost"]] = {}
+        self._jobs: dict[int, Job] = {}
+        self._stop_reason: dict[int, StopReason] = {}
+        self._beat_ok = time.monotonic()  # when the last beat that went through was sent
+        self._fenced = False
+        self._release_unknown = False
         self._outbox: list[_Outcome] = []
         self._stopping = False
         self._closing = False
@@ -188,8 +206,10 @@ class Worker:
         heart.start()
         await self._claim_link.get(deadline=time.monotonic())
         await self._listen_link.get(deadline=time.monotonic())
+        self._beat_ok = time.monotonic()
         helpers = [
             asyncio.create_task(self._listen_loop(), name="pgjobs-listen"),
+            asyncio.create_task(self._fence_loop(), name="pgjobs-fence"),
             *([asyncio.create_task(self._reaper.run(), name="pgjobs-reaper")] if self._reaper else []),
             *([asyncio.create_task(self._scheduler.run(), name="pgjobs-scheduler")] if self._scheduler else []),
         ]
@@ -239,7 +259,7 @@ class Worker:
         assert self._wake is not None
         while not self._stopping:
             free = self.concurrency - len(self._running)
-            if free > 0:
+            if free > 0 and not self._fenced:
                 self._wake.clear()
                 jobs = await self._claim(free)
                 _fault("after_claim") if jobs else None
@@ -254,6 +274,10 @@ class Worker:
     async def _claim(self, n: int) -> list[Job]:
         try:
             conn = await self._claim_link.get()
+            if self._release_unknown:
+                # Back from a fence: runs we gave up that nobody reset are still ours in the table.
+                await self._after_claim_reconnect(conn)
+                self._release_unknown = False
             rows = await _database.fetch_async(
                 conn, _sql.query("job_dequeue"), {"worker_id": self.id, "queues": self.queues, "max_jobs": n}
             )
@@ -294,6 +318,7 @@ class Worker:
                     conn.close()
                     return
                 rows = _database.fetch(conn, _sql.query("worker_heartbeat"), self._beat_params())
+                self._beat_ok = began
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._on_heartbeat, rows[0])
             except psycopg.errors.NoDataFound:
@@ -322,11 +347,39 @@ class Worker:
         for job_id in row["lost"]:
             self._stop_run(job_id, "lost")
 
-    def _stop_run(self, job_id: int, reason: Literal["abort", "lost"]) -> None:
-        task = self._running.get(job_id)
-        if task is not None and job_id not in self._stop_reason:
+    def _stop_run(self, job_id: int, reason: StopReason) -> None:
+        task, job = self._running.get(job_id), self._jobs.get(job_id)
+        if task is not None and job is not None and job._stopped is None:
+            job._stopped = {
+                "abort": "cancelled while running",
+                "lost": "the run is no longer this worker's",
+                "fenced": "given up: this worker could not reach the database to prove it is alive",
+            }[reason]
             self._stop_reason[job_id] = reason
             task.cancel()
+
+    # -- fencing --------------------------------------------------------------------------------
+    async def _fence_loop(self) -> None:
+        """Give up every run once no beat went through for fence_after seconds; take jobs again
+        once one does."""
+        while True:
+            silent = time.monotonic() - self._beat_ok
+            if silent >= self.fence_after and not self._fenced:
+                self._fenced = True
+                logger.warning(
+                    "worker %s: no heartbeat went through for %.1f s; giving up %d run(s) before the reaper "
+                    "may give them to another worker, and claiming nothing until a heartbeat goes through",
+                    self.id, silent, len(self._running),
+                )  # fmt: skip
+                for job_id in list(self._running):
+                    self._stop_run(job_id, "fenced")
+            elif silent < self.fence_after and self._fenced:
+                self._fenced = False
+                self._release_unknown = True
+                logger.warning("worker %s: heartbeats go through again; claiming jobs", self.id)
+                assert self._wake is not None
+                self._wake.set()
+            await asyncio.sleep(min(max(self.fence_after - silent, 0.0), self.heart_rate) + self.heart_rate / 20)
 
     # -- notifications ------------------------------------------------------------------------------
     async def _listen_setup(self, conn: AsyncConnection) -> None:
@@ -367,11 +420,13 @@ class Worker:
         job._bind(self._loop, functools.partial(self._touch, job))
         t = asyncio.create_task(self._execute(job), name=f"pgjobs-job-{job.id}")
         self._running[job.id] = t
+        self._jobs[job.id] = job
         self._held[job.id] = job.attempts
         t.add_done_callback(functools.partial(self._finished, job.id))
 
     def _finished(self, job_id: int, _: asyncio.Task[None]) -> None:
         self._running.pop(job_id, None)
+        self._jobs.pop(job_id, None)
         self._stop_reason.pop(job_id, None)
         self._held.pop(job_id, None)
         if self._saturated and self._wake is not None:
@@ -400,9 +455,17 @@ class Worker:
             if reason == "lost":
                 logger.warning("job %d %s stopped: it is no longer this worker's run", job.id, job.task)
                 outcome = None
+            elif reason == "fenced":
+                logger.warning(
+                    "job %d %s given up after %.1f s: this worker cannot prove it is alive, so the reaper will "
+                    "give the job to another worker; nothing of this run is recorded",
+                    job.id, job.task, elapsed,
+                )  # fmt: skip
+                outcome = None
             elif reason == "abort":
                 outcome = _Outcome("fail", job, elapsed, error="cancelled while running")
             else:
+                job._stopped = "given back to the queue: the worker is stopping"
                 outcome = _Outcome("release", job, elapsed)
         except _NotRetryable as exc:
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=str(exc), retry=False)

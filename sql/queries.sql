@@ -95,9 +95,13 @@ SELECT pgjobs.queue_channel(q) AS channel FROM unnest(%(queues)s::text[]) AS q;
 -- One reaper pass; one row of counts.
 SELECT * FROM pgjobs.reap(%(batch_size)s, %(grace)s);
 
--- name: reaper_lead
--- Try to become the reaper's leader: a session advisory lock held until the connection closes.
-SELECT pg_try_advisory_lock(1885957988, 0) AS leader;
+-- name: reap_as
+-- One reaper pass if holder holds (or takes) the reaper's lease; one row: leader, then the counts.
+SELECT * FROM pgjobs.reap_as(%(holder)s, %(lease_ttl)s, %(batch_size)s, %(grace)s);
+
+-- name: lease_release
+-- Hand a lease back so that another worker takes it at once.
+SELECT pgjobs.lease_release(%(name)s, %(holder)s) AS released;
 
 -- name: worker_register
 -- Register a worker process.
@@ -117,8 +121,12 @@ SELECT pgjobs.worker_stopped(%(id)s);
 SELECT pgjobs.worker_stop(%(id)s) AS status;
 
 -- name: worker_list
--- Workers, newest first, with whether each is alive.
-SELECT w.*, pgjobs.worker_is_alive(w.id) AS alive FROM pgjobs.workers w ORDER BY w.started_at DESC;
+-- Workers, newest first, with whether each is alive and whether it holds the reaper's lease.
+SELECT w.*, pgjobs.worker_is_alive(w.id) AS alive,
+       coalesce(l.holder = w.id AND l.expires_at > now(), false) AS leader
+FROM pgjobs.workers w
+LEFT JOIN pgjobs.leases l ON l.name = 'reaper'
+ORDER BY w.started_at DESC;
 
 -- name: worker_is_alive
 -- Whether a worker is alive.
