@@ -78,7 +78,7 @@ def dead_peer_timeout() -> float:
     return value
 
 
-def session_params(dsn: str) -> dict[str, Any]:
+def session_params(dsn: str, application_name: str = "pgjobs") -> dict[str, Any]:
     """Connection parameters that make a session die with its host, both ends, unless the DSN sets
     them itself: a host that vanishes (power loss, a partition) leaves the server with a session
     that TCP alone keeps for hours, holding its locks, and the client waiting as long.
@@ -86,7 +86,8 @@ def session_params(dsn: str) -> dict[str, Any]:
     With T = dead_peer_timeout(): keepalives after T/3 s idle, every T/6 s, 4 unanswered ones end the
     session (T in all), unacknowledged data ends it after T (``tcp_user_timeout``); a connection
     attempt gives up after T/3; a transaction left idle is ended after T/3 so that a frozen client
-    cannot hold row locks. The server side gets the same through ``options``.
+    cannot hold row locks. The server side gets the same through ``options``. The session is named
+    (``application_name``, truncated by the server to 63 bytes) so operators can tell them apart.
     """
     t = dead_peer_timeout()
     try:
@@ -97,6 +98,7 @@ def session_params(dsn: str) -> dict[str, Any]:
     client = {
         "keepalives": "1", "keepalives_idle": idle, "keepalives_interval": interval, "keepalives_count": "4",
         "tcp_user_timeout": user_timeout, "connect_timeout": str(max(2, round(t / 3))),
+        "application_name": application_name,
     }  # fmt: skip
     params = {k: v for k, v in client.items() if k not in given}
     server = {
@@ -110,20 +112,20 @@ def session_params(dsn: str) -> dict[str, Any]:
     return params
 
 
-def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[Row]:
-    """A connection returning dict rows, with session_params(); a wrong DSN raises
-    ConfigurationError with one line."""
+def connect(dsn: str, *, autocommit: bool = True, name: str = "pgjobs") -> psycopg.Connection[Row]:
+    """A connection returning dict rows, with session_params() (``name`` is its application_name);
+    a wrong DSN raises ConfigurationError with one line."""
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **session_params(dsn))
+        return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **session_params(dsn, name))
     except (psycopg.Error, ValueError) as exc:
         raise _connect_error(dsn, exc) from None
 
 
-async def connect_async(dsn: str, *, autocommit: bool = True) -> psycopg.AsyncConnection[Row]:
+async def connect_async(dsn: str, *, autocommit: bool = True, name: str = "pgjobs") -> psycopg.AsyncConnection[Row]:
     """The async twin of connect()."""
     try:
         return await psycopg.AsyncConnection.connect(
-            dsn, autocommit=autocommit, row_factory=dict_row, **session_params(dsn)
+            dsn, autocommit=autocommit, row_factory=dict_row, **session_params(dsn, name)
         )
     except (psycopg.Error, ValueError) as exc:
         raise _connect_error(dsn, exc) from None
@@ -153,7 +155,9 @@ def listen_query(channels: Sequence[str]) -> sql.Composed:
 class Link:
     """One long-lived async connection, reopened with backoff and jitter after it breaks.
 
+    :param name: what the connection is for, in logs; with ``owner`` its application_name.
     :param setup: run on each new connection (LISTEN, re-registration…) before it is handed out.
+    :param owner: who holds it (a worker id), so that operators can tell sessions apart.
     """
 
     def __init__(
@@ -161,8 +165,11 @@ class Link:
         dsn: str,
         name: str,
         setup: Callable[[psycopg.AsyncConnection[Row]], Awaitable[None]] | None = None,
+        *,
+        owner: str | None = None,
     ) -> None:
         self.dsn, self.name, self.setup = dsn, name, setup
+        self.application_name = f"pgjobs {name} {owner}" if owner else f"pgjobs {name}"
         self.conn: psycopg.AsyncConnection[Row] | None = None
         self.failures = 0
 
@@ -171,7 +178,7 @@ class Link:
         delay = 0.05
         while self.conn is None or self.conn.closed:
             try:
-                conn = await connect_async(self.dsn)
+                conn = await connect_async(self.dsn, name=self.application_name)
                 if self.setup is not None:
                     await self.setup(conn)
                 self.conn = conn

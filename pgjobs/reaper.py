@@ -74,7 +74,7 @@ class Reaper:
         self.config = config
         self.holder = holder or f"reaper:{secrets.token_hex(4)}"
         self.leader = False
-        self._link = _database.Link(dsn, "reaper")
+        self._link = _database.Link(dsn, "reaper", owner=self.holder)
 
     async def run_once(self) -> ReapCounts | None:
         """One pass if this process holds (or takes) the lease; None otherwise."""

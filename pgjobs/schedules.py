@@ -269,9 +269,9 @@ class Scheduler:
     """Fires due schedules. Any number may run: each schedule row is locked while one fires it,
     and the (schedule, tick) key refuses a second job for a tick."""
 
-    def __init__(self, dsn: str, config: SchedulerConfig = SchedulerConfig()) -> None:
+    def __init__(self, dsn: str, config: SchedulerConfig = SchedulerConfig(), *, owner: str | None = None) -> None:
         self.config = config
-        self._link = _database.Link(dsn, "scheduler")
+        self._link = _database.Link(dsn, "scheduler", owner=owner)
 
     async def run_once(self) -> int:
         """One pass; returns the number of jobs enqueued."""

@@ -138,7 +138,7 @@ class Worker:
         # Seconds without a successful beat after which this worker gives up its runs.
         grace = (reaper or DEFAULT_REAPER).grace_multiplier
         self.fence_after = heart_rate * max(grace - FENCE_MARGIN, 1.0)
-        self._scheduler = Scheduler(dsn, scheduler) if scheduler is not None else None
+        self._scheduler = Scheduler(dsn, scheduler, owner=self.id) if scheduler is not None else None
         self.schedules = list(schedules) if schedules is not None else list(schedule_registry.values())
         self._running: dict[int, asyncio.Task[None]] = {}
         # job id -> attempt of each run, for the heart; the heart thread reads it with copy(), one
@@ -148,7 +148,6 @@ class Worker:
         self._stop_reason: dict[int, StopReason] = {}
         self._beat_ok = time.monotonic()  # when the last beat that went through was sent
         self._fenced = False
-        self._release_unknown = False
         self._outbox: list[_Outcome] = []
         self._stopping = False
         self._closing = False
@@ -158,9 +157,9 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._outbox_ready: asyncio.Event | None = None
         self._heart_stop = threading.Event()
-        self._claim_link = _database.Link(dsn, "claim", self._after_claim_reconnect)
-        self._record_link = _database.Link(dsn, "record")
-        self._listen_link = _database.Link(dsn, "listen", self._listen_setup)
+        self._claim_link = _database.Link(dsn, "claim", self._after_claim_reconnect, owner=self.id)
+        self._record_link = _database.Link(dsn, "record", owner=self.id)
+        self._listen_link = _database.Link(dsn, "listen", self._listen_setup, owner=self.id)
 
     # -- control --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -242,7 +241,7 @@ class Worker:
             logger.info("worker %s stopped", self.id)
 
     def _register(self) -> None:
-        with _database.connect(self.dsn) as conn:
+        with _database.connect(self.dsn, name=f"pgjobs register {self.id}") as conn:
             migrations.check(conn)
             _database.fetch(
                 conn,
@@ -274,10 +273,6 @@ class Worker:
     async def _claim(self, n: int) -> list[Job]:
         try:
             conn = await self._claim_link.get()
-            if self._release_unknown:
-                # Back from a fence: runs we gave up that nobody reset are still ours in the table.
-                await self._after_claim_reconnect(conn)
-                self._release_unknown = False
             rows = await _database.fetch_async(
                 conn, _sql.query("job_dequeue"), {"worker_id": self.id, "queues": self.queues, "max_jobs": n}
             )
@@ -312,7 +307,7 @@ class Worker:
             began = time.monotonic()
             try:
                 if conn is None or conn.closed:
-                    conn = _database.connect(self.dsn)
+                    conn = _database.connect(self.dsn, name=f"pgjobs heartbeat {self.id}")
                 if self._heart_stop.is_set():
                     _database.fetch(conn, _sql.query("worker_stopped"), {"id": self.id})
                     conn.close()
@@ -375,7 +370,6 @@ class Worker:
                     self._stop_run(job_id, "fenced")
             elif silent < self.fence_after and self._fenced:
                 self._fenced = False
-                self._release_unknown = True
                 logger.warning("worker %s: heartbeats go through again; claiming jobs", self.id)
                 assert self._wake is not None
                 self._wake.set()
@@ -457,11 +451,14 @@ class Worker:
                 outcome = None
             elif reason == "fenced":
                 logger.warning(
-                    "job %d %s given up after %.1f s: this worker cannot prove it is alive, so the reaper will "
-                    "give the job to another worker; nothing of this run is recorded",
+                    "job %d %s given up after %.1f s: this worker cannot prove it is alive, so the reaper may "
+                    "give the job to another worker; no result of this run is recorded",
                     job.id, job.task, elapsed,
                 )  # fmt: skip
-                outcome = None
+                # A failed attempt, fenced like any: once writes go through it queues the job again,
+                # unless the reaper reset the run meanwhile (then it changes nothing).
+                error = f"given up by worker {self.id}: it could not reach the database to prove it is alive"
+                outcome = _Outcome("fail", job, elapsed, error=error)
             elif reason == "abort":
                 outcome = _Outcome("fail", job, elapsed, error="cancelled while running")
             else:
