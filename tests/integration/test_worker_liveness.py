@@ -102,6 +102,42 @@ def test_cancelling_a_running_job_stops_it(env_dsn: str) -> None:
     assert job.status is JobStatus.ABORTED and job.result is None
 
 
+_heard_cancel: list[tuple[bool, str]] = []
+
+
+@pgjobs.task(name="live.sync_until_cancelled", pass_job=True)
+def sync_until_cancelled(job: Job) -> str:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            job.update()
+        except pgjobs.JobCancelled as exc:
+            _heard_cancel.append((job.cancelled, str(exc)))
+            return "stopped"
+        time.sleep(0.02)
+    return "never told"
+
+
+def test_a_sync_task_hears_that_its_run_was_cancelled(env_dsn: str) -> None:
+    async def body(_: pgjobs.Worker) -> Job:
+        job = await sync_until_cancelled.enqueue_async()
+        assert job.id is not None
+        while (await pgjobs.get_job_async(job.id)).status is not JobStatus.ACTIVE:  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+        await pgjobs.cancel_async(job.id)
+        done = await wait_for(env_dsn, job.id)
+        for _ in range(100):
+            if _heard_cancel:
+                break
+            await asyncio.sleep(0.05)
+        return done
+
+    _heard_cancel.clear()
+    job = run_with_worker(env_dsn, body, heart_rate=30, poll_interval=0.2)
+    assert job.status is JobStatus.ABORTED and job.result is None  # its "stopped" is not recorded
+    assert _heard_cancel == [(True, f"job {job.id}: cancelled while running")]
+
+
 def test_a_worker_stops_when_asked_through_the_database(env_dsn: str) -> None:
     async def main() -> str:
         worker = pgjobs.Worker(env_dsn, heart_rate=30, poll_interval=0.2)
