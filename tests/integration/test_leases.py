@@ -89,7 +89,7 @@ def test_only_the_holder_reaps_and_a_deposed_leader_changes_nothing(conn: Conn) 
     ("holder", "ttl"), [(None, 1.0), ("", 1.0), ("x" * 201, 1.0), ("a", 0.0), ("a", -1.0), ("a", float("nan"))]
 )
 def test_bad_lease_arguments_are_refused(conn: Conn, holder: str | None, ttl: float) -> None:
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="pgjobs: (holder|ttl)"):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"pgjobs: (holder|ttl)"):
         take(conn, holder, ttl)  # type: ignore[arg-type]
 
 
