@@ -10,16 +10,17 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from . import embedded
-from .errors import ConfigurationError
+from .errors import ConfigurationError, DatabaseUnavailable
 
 Row = dict[str, Any]
 
@@ -56,9 +57,16 @@ def redact(dsn: str) -> str:
 
 
 def _connect_error(dsn: str, exc: Exception) -> ConfigurationError:
-    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    """One line saying why; DatabaseUnavailable when a later attempt may succeed (the server is
+    down, starting, full, or out of reach), ConfigurationError when the settings are wrong."""
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("Is the server")]
+    reason = lines[-1] if lines else type(exc).__name__
     reason = reason.replace(dsn, redact(dsn))
-    return ConfigurationError(f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}")
+    message = f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}"
+    if isinstance(exc, psycopg.OperationalError) and not _FATAL_CONNECT.search(text):
+        return DatabaseUnavailable(message)
+    return ConfigurationError(message)
 
 
 DEAD_PEER_TIMEOUT = 30.0
@@ -152,12 +160,89 @@ def listen_query(channels: Sequence[str]) -> sql.Composed:
     return sql.SQL("; ").join(sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in channels)
 
 
+# SQLSTATE classes and codes a later attempt can mend: connection exceptions, resources (too many
+# clients, disk full, out of memory), operator intervention (shutdown, cannot connect now, query
+# cancelled), system errors, transaction rollbacks (serialization failure, deadlock), and these.
+_TRANSIENT_CLASSES = ("08", "53", "57", "58", "40")
+_TRANSIENT_CODES = {
+    "25006",  # read_only_sql_transaction: a standby, or writes stopped (default_transaction_read_only)
+    "25P03",  # idle_in_transaction_session_timeout
+    "55P03",  # lock_not_available
+    "55006",  # object_in_use
+    "72000",  # snapshot_too_old
+}
+# Errors that leave the session where it is useless (a standby, a dying server): reconnect, so that
+# a multi-host DSN finds the primary.
+_RECONNECT_CODES = {"25006", "57P01", "57P02", "57P03", "25P03"}
+# Connection failures no retry mends: the configuration is wrong.
+_FATAL_CONNECT = re.compile(
+    r"password authentication failed|authentication failed|no pg_hba\.conf entry|role \".*\" does not exist"
+    r"|database \".*\" does not exist|invalid connection option|invalid (sslmode|integer) value|"
+    r"password supplied|requires a password|server does not support SSL|invalid (URI|dsn)",
+    re.IGNORECASE,
+)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a later attempt may succeed where exc failed (the database, not the request, is at fault)."""
+    if isinstance(exc, DatabaseUnavailable):
+        return True
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:  # no answer from the server: the connection itself failed
+        return isinstance(exc, psycopg.OperationalError)
+    return state.startswith(_TRANSIENT_CLASSES) or state in _TRANSIENT_CODES
+
+
+def needs_reconnect(exc: BaseException) -> bool:
+    """Whether the session that raised exc should be replaced by a new one."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    return exc.sqlstate is None or exc.sqlstate.startswith("08") or exc.sqlstate in _RECONNECT_CODES
+
+
+class Outage:
+    """Whether the database is failing one process now, for one log line when that starts and one
+    when it ends (not one per retry), and a shared backoff with jitter while it lasts."""
+
+    def __init__(self, log: logging.Logger = logger, first_delay: float = 0.05, max_delay: float = 5.0) -> None:
+        self.log, self.first_delay, self.max_delay = log, first_delay, max_delay
+        self.since: float | None = None
+        self.retries = 0
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """Note a transient failure of ``what`` (claim, heartbeat…)."""
+        self.retries += 1
+        if self.since is None:
+            self.since = time.monotonic()
+            self.log.warning("database unavailable (%s: %s); retrying with backoff", what, first_line(exc))
+
+    def ok(self) -> None:
+        """Note a statement that wrote: the database works again."""
+        if self.since is not None:
+            self.log.warning(
+                "database available again after %.1f s (%d retries)", time.monotonic() - self.since, self.retries
+            )
+            self.since, self.retries = None, 0
+
+    @property
+    def delay(self) -> float:
+        """Seconds to wait before the next attempt: doubling while the outage lasts, jittered."""
+        base = min(self.first_delay * 2 ** min(self.retries, 20), self.max_delay)
+        return float(base * random.uniform(0.5, 1.5))
+
+    async def backoff(self) -> None:
+        await asyncio.sleep(self.delay)
+
+
 class Link:
     """One long-lived async connection, reopened with backoff and jitter after it breaks.
 
     :param name: what the connection is for, in logs; with ``owner`` its application_name.
-    :param setup: run on each new connection (LISTEN, re-registration…) before it is handed out.
+    :param setup: run on each new connection (LISTEN…) before it is handed out.
     :param owner: who holds it (a worker id), so that operators can tell sessions apart.
+    :param outage: where failures are reported, for one log line per outage.
     """
 
     def __init__(
@@ -167,37 +252,37 @@ class Link:
         setup: Callable[[psycopg.AsyncConnection[Row]], Awaitable[None]] | None = None,
         *,
         owner: str | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.dsn, self.name, self.setup = dsn, name, setup
         self.application_name = f"pgjobs {name} {owner}" if owner else f"pgjobs {name}"
+        self.outage = outage or Outage()
         self.conn: psycopg.AsyncConnection[Row] | None = None
-        self.failures = 0
 
     async def get(self, deadline: float | None = None) -> psycopg.AsyncConnection[Row]:
         """The connection, reconnecting until it works (or, past the monotonic deadline, raising)."""
-        delay = 0.05
         while self.conn is None or self.conn.closed:
             try:
                 conn = await connect_async(self.dsn, name=self.application_name)
-                if self.setup is not None:
-                    await self.setup(conn)
+                try:
+                    if self.setup is not None:
+                        await self.setup(conn)
+                except BaseException:
+                    await conn.close()
+                    raise
                 self.conn = conn
-                if self.failures:
-                    logger.info("%s connection restored", self.name)
-                self.failures = 0
-            except (ConfigurationError, psycopg.OperationalError) as exc:
-                self.failures += 1
-                if self.failures == 1 or self.failures % 20 == 0:
-                    logger.warning("%s connection failed (%s); retrying", self.name, first_line(exc))
+            except (ConfigurationError, psycopg.Error) as exc:
+                if not (isinstance(exc, ConfigurationError) or transient(exc)):
+                    raise
+                self.outage.failed(f"{self.name} connection", exc)
                 if deadline is not None and time.monotonic() > deadline:
                     raise
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 5.0)
+                await self.outage.backoff()
         return self.conn
 
     async def broken(self, exc: BaseException) -> None:
         """Drop the connection after an error; the next get() reconnects."""
-        logger.warning("%s connection lost: %s", self.name, first_line(exc))
+        logger.debug("%s connection dropped: %s", self.name, first_line(exc))
         await self.close()
 
     async def close(self) -> None:
@@ -205,6 +290,52 @@ class Link:
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 await conn.close()
+
+
+class Pool:
+    """A few connections that a process's services (claims, outcomes, heartbeats, the reaper, the
+    scheduler) take one user at a time: a transaction never sees another user's statements.
+
+    :param size: how many connections at most (one is enough for most workers).
+    """
+
+    def __init__(self, dsn: str, size: int = 1, *, owner: str | None = None, outage: Outage | None = None) -> None:
+        if size < 1:
+            raise ValueError("a pool needs at least one connection")
+        self.outage = outage or Outage()
+        self.links = [
+            Link(dsn, "main" if size == 1 else f"main{i}", owner=owner, outage=self.outage) for i in range(size)
+        ]
+        self._free: asyncio.Queue[Link] | None = None
+
+    @contextlib.asynccontextmanager
+    async def connection(self, what: str) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
+        """A connection for one user. A transient error is reported to the outage (and a session
+        it spoiled is replaced) before it propagates; a statement that wrote should call outage.ok()."""
+        if self._free is None:
+            self._free = asyncio.Queue()
+            for link in self.links:
+                self._free.put_nowait(link)
+        link = await self._free.get()
+        try:
+            conn = await link.get()
+            try:
+                yield conn
+            except psycopg.Error as exc:
+                if transient(exc):
+                    self.outage.failed(what, exc)
+                if needs_reconnect(exc) or conn.closed:
+                    await link.broken(exc)
+                elif not conn.closed and conn.info.transaction_status != TransactionStatus.IDLE:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.rollback()
+                raise
+        finally:
+            self._free.put_nowait(link)
+
+    async def close(self) -> None:
+        for link in self.links:
+            await link.close()
 
 
 def first_line(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from . import _database, _sql, client, embedded, migrations, schedules, tasks
-from .errors import PgjobsError
+from .errors import ConfigurationError, PgjobsError, SchemaError
 from .job import Job
 from .reaper import ReaperConfig
 from .schedules import SchedulerConfig
@@ -56,6 +56,8 @@ def _worker(args: argparse.Namespace) -> int:
         scheduler=None if args.no_scheduler else SchedulerConfig(interval=args.schedule_interval),
         schedules=schedules.declared(modules).values(),
         log_args=args.log_args,
+        connections=args.connections,
+        startup_timeout=args.startup_timeout,
     )
     asyncio.run(worker.run(handle_signals=True))
     return 0
@@ -281,6 +283,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--schedule-interval", type=float, default=1.0, help="seconds between scheduler passes (default 1)")
     c.add_argument("--no-scheduler", action="store_true", help="never fire schedules in this worker")
     c.add_argument("--log-args", action="store_true", help="log job arguments at DEBUG")
+    c.add_argument(
+        "--connections", type=int, default=1,
+        help="connections shared by claims, outcomes, heartbeats, reaper and scheduler (default 1; plus one LISTEN)",
+    )  # fmt: skip
+    c.add_argument(
+        "--startup-timeout", type=float,
+        help="seconds to wait at start for a database that does not answer yet (default: as long as it takes)",
+    )  # fmt: skip
     c.set_defaults(func=_worker)
 
     c = command("workers", "list workers, newest first")
@@ -364,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.log_level == "debug" and exc.__cause__ is not None:
             logger.debug("cause", exc_info=exc.__cause__)
         print(f"pgjobs: error: {_database.redact(str(exc))}", file=sys.stderr)
-        return 1
+        # 2: the setup is wrong (DSN, password, schema) or the database never answered.
+        return 2 if isinstance(exc, ConfigurationError | SchemaError) else 1
     except psycopg.Error as exc:
         print(f"pgjobs: database error: {_database.redact(str(exc).strip().splitlines()[0])}", file=sys.stderr)
         return 1

@@ -11,6 +11,11 @@ class ConfigurationError(PgjobsError):
     """The database cannot be reached or configured (a wrong DSN, no embedded server)."""
 
 
+class DatabaseUnavailable(ConfigurationError):
+    """The database does not answer now (down, starting, out of connection slots, out of reach);
+    a later attempt may succeed."""
+
+
 class SchemaError(PgjobsError):
     """The pgjobs schema is missing or older than this version of pgjobs expects."""
 

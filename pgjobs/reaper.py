@@ -68,29 +68,41 @@ class Reaper:
     """Runs a reaper pass every interval; a pass does work only while ``holder`` holds the lease.
 
     :param holder: who contends for the lease: the worker's id (``pgjobs workers`` shows the leader).
+    :param pool: connections shared with the rest of the process (a worker's); default: one of its own.
     """
 
-    def __init__(self, dsn: str, config: ReaperConfig = ReaperConfig(), *, holder: str | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        config: ReaperConfig = ReaperConfig(),
+        *,
+        holder: str | None = None,
+        pool: _database.Pool | None = None,
+    ) -> None:
         self.config = config
         self.holder = holder or f"reaper:{secrets.token_hex(4)}"
         self.leader = False
-        self._link = _database.Link(dsn, "reaper", owner=self.holder)
+        self._own_pool = pool is None
+        self._pool = pool or _database.Pool(dsn, owner=self.holder)
 
     async def run_once(self) -> ReapCounts | None:
-        """One pass if this process holds (or takes) the lease; None otherwise."""
+        """One pass if this process holds (or takes) the lease; None otherwise (or when the
+        database is unavailable: the pool reported it)."""
         try:
-            conn = await self._link.get()
-            (row,) = await _database.fetch_async(
-                conn,
-                _sql.query("reap_as"),
-                {
-                    "holder": self.holder, "lease_ttl": self.config.ttl, "batch_size": self.config.batch_size,
-                    "grace": self.config.grace_multiplier,
-                },
-            )  # fmt: skip
-        except psycopg.OperationalError as exc:
-            await self._link.broken(exc)
-            return None
+            async with self._pool.connection("reaper") as conn:
+                (row,) = await _database.fetch_async(
+                    conn,
+                    _sql.query("reap_as"),
+                    {
+                        "holder": self.holder, "lease_ttl": self.config.ttl, "batch_size": self.config.batch_size,
+                        "grace": self.config.grace_multiplier,
+                    },
+                )  # fmt: skip
+        except psycopg.Error as exc:
+            if _database.transient(exc):
+                return None
+            raise
+        self._pool.outage.ok()
         leader = bool(row.pop("leader"))
         if leader != self.leader:
             logger.info("this worker %s the reaper", "now runs" if leader else "no longer runs")
@@ -107,13 +119,14 @@ class Reaper:
 
     async def resign(self) -> None:
         """Hand the lease back, so that another worker takes over at its next pass, not after the ttl."""
-        if not self.leader or self._link.conn is None or self._link.conn.closed:
+        if not self.leader:
             return
         self.leader = False
         with contextlib.suppress(psycopg.Error):
-            await _database.fetch_async(
-                self._link.conn, _sql.query("lease_release"), {"name": "reaper", "holder": self.holder}
-            )
+            async with self._pool.connection("reaper") as conn:
+                await _database.fetch_async(
+                    conn, _sql.query("lease_release"), {"name": "reaper", "holder": self.holder}
+                )
 
     async def run(self) -> None:
         """Pass after pass until cancelled; the lease is handed back on the way out."""
@@ -134,4 +147,5 @@ class Reaper:
             # Bounded: a host cut off from the database must still be able to stop.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.resign(), 2.0)
-            await self._link.close()
+            if self._own_pool:
+                await self._pool.close()

@@ -269,47 +269,56 @@ class Scheduler:
     """Fires due schedules. Any number may run: each schedule row is locked while one fires it,
     and the (schedule, tick) key refuses a second job for a tick."""
 
-    def __init__(self, dsn: str, config: SchedulerConfig = SchedulerConfig(), *, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        config: SchedulerConfig = SchedulerConfig(),
+        *,
+        owner: str | None = None,
+        pool: _database.Pool | None = None,
+    ) -> None:
         self.config = config
-        self._link = _database.Link(dsn, "scheduler", owner=owner)
+        self._own_pool = pool is None
+        self._pool = pool or _database.Pool(dsn, owner=owner)
 
     async def run_once(self) -> int:
         """One pass; returns the number of jobs enqueued."""
-        conn = await self._link.get()
+        async with self._pool.connection("scheduler") as conn, conn.transaction():
+            return await self._fire_due(conn)
+
+    async def _fire_due(self, conn: psycopg.AsyncConnection[_database.Row]) -> int:
         fired = 0
-        async with conn.transaction():
-            rows = await _database.fetch_async(conn, _sql.query("schedule_due"), {"limit": self.config.batch_size})
-            for row in rows:
-                try:
-                    schedule = Schedule.from_row(row)
-                except ArgumentError as exc:
-                    logger.error("schedule %s cannot run: %s", row["name"], exc)
-                    continue
-                ticks, next_run_at = plan(schedule, row["next_run_at"], row["now"], row["busy"])
-                result = await _database.fetch_async(
-                    conn, _sql.query("schedule_fire"), {"name": schedule.name, "ticks": ticks, "next": next_run_at}
-                )
-                n = result[0]["fired"]
-                if n:
-                    logger.info(
-                        "schedule %s: %d job(s) for %s", schedule.name, n, ", ".join(t.isoformat() for t in ticks)
-                    )
-                fired += n
+        rows = await _database.fetch_async(conn, _sql.query("schedule_due"), {"limit": self.config.batch_size})
+        for row in rows:
+            try:
+                schedule = Schedule.from_row(row)
+            except ArgumentError as exc:
+                logger.error("schedule %s cannot run: %s", row["name"], exc)
+                continue
+            ticks, next_run_at = plan(schedule, row["next_run_at"], row["now"], row["busy"])
+            result = await _database.fetch_async(
+                conn, _sql.query("schedule_fire"), {"name": schedule.name, "ticks": ticks, "next": next_run_at}
+            )
+            n = result[0]["fired"]
+            if n:
+                logger.info("schedule %s: %d job(s) for %s", schedule.name, n, ", ".join(t.isoformat() for t in ticks))
+            fired += n
         return fired
 
     async def run(self) -> None:
-        """Pass after pass until cancelled."""
+        """Pass after pass until cancelled; a pass the database refuses for now is skipped (the
+        pool reported it), any other failure is logged."""
         try:
             while True:
                 try:
                     await self.run_once()
-                except psycopg.OperationalError as exc:
-                    await self._link.broken(exc)
                 except psycopg.Error as exc:
-                    logger.error("scheduler pass failed: %s", _database.first_line(exc))
+                    if not _database.transient(exc):
+                        logger.error("scheduler pass failed: %s", _database.first_line(exc))
                 await asyncio.sleep(self.config.interval * random.uniform(0.9, 1.1))
         finally:
-            await self._link.close()
+            if self._own_pool:
+                await self._pool.close()
 
 
 def store(conn: psycopg.Connection[Any], schedules: Iterable[Schedule]) -> None:

@@ -3,8 +3,12 @@
 Async tasks run on the worker's event loop; each sync task runs in a thread of its own, so one
 that cannot be interrupted never takes a slot from the next job. Jobs are claimed in batches sized
 to the free slots; outcomes are written in batches by one flusher, never before the task has
-finished. A heartbeat thread with its own connection keeps the worker's row and its runs fresh,
-so a CPU-bound task cannot starve it. Connections that break are reopened with backoff.
+finished. A heartbeat keeps the worker's row and its runs fresh at a steady rate.
+
+Connections: one session that LISTENs, and a pool (one connection by default) that claims,
+outcomes, heartbeats, the reaper and the scheduler take in turn. Errors a later attempt can mend
+(connection loss, a read-only or full database, no free connection slot…) are waited out with
+backoff and jitter; outcomes wait in the outbox meanwhile.
 
 A worker that could not beat for nearly as long as the reaper waits before declaring it dead
 fences itself: it stops every run it holds and claims nothing until a beat goes through again,
@@ -34,7 +38,7 @@ from typing import Any, Literal
 import psycopg
 
 from . import _database, _sql, migrations
-from .errors import ArgumentError, ConfigurationError
+from .errors import ArgumentError, ConfigurationError, DatabaseUnavailable
 from .job import Job, to_json, without_nul
 from .reaper import Reaper, ReaperConfig
 from .schedules import Schedule, Scheduler, SchedulerConfig, store
@@ -101,6 +105,10 @@ class Worker:
         @periodic in this process.
     :param tasks: task name to Task; defaults to every task registered in this process.
     :param log_args: log each job's arguments at DEBUG.
+    :param connections: connections of the pool shared by claims, outcomes, heartbeats, the reaper
+        and the scheduler; the LISTEN session is one more.
+    :param startup_timeout: seconds to wait at start for a database that does not answer yet
+        (down, starting, out of connection slots); None waits as long as it takes.
     """
 
     def __init__(
@@ -118,6 +126,8 @@ class Worker:
         tasks: Mapping[str, Task[..., Any]] | None = None,
         worker_id: str | None = None,
         log_args: bool = False,
+        connections: int = 1,
+        startup_timeout: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -125,6 +135,8 @@ class Worker:
             raise ValueError("a worker needs at least one queue")
         if not heart_rate > 0:
             raise ValueError("heart_rate must be a positive number of seconds")
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
         self.dsn = dsn
         self.id = worker_id or default_worker_id()
         self.queues = list(dict.fromkeys(queues))
@@ -134,20 +146,24 @@ class Worker:
         self.heart_rate = heart_rate
         self.tasks = tasks if tasks is not None else registry
         self.log_args = log_args
-        self._reaper = Reaper(dsn, reaper, holder=self.id) if reaper is not None else None
+        self.startup_timeout = startup_timeout
+        self._outage = _database.Outage(logger)
+        self._pool = _database.Pool(dsn, connections, owner=self.id, outage=self._outage)
+        self._listen_link = _database.Link(dsn, "listen", self._listen_setup, owner=self.id, outage=self._outage)
+        self._reaper = Reaper(dsn, reaper, holder=self.id, pool=self._pool) if reaper is not None else None
         # Seconds without a successful beat after which this worker gives up its runs.
         grace = (reaper or DEFAULT_REAPER).grace_multiplier
         self.fence_after = heart_rate * max(grace - FENCE_MARGIN, 1.0)
-        self._scheduler = Scheduler(dsn, scheduler, owner=self.id) if scheduler is not None else None
+        self._scheduler = Scheduler(dsn, scheduler, owner=self.id, pool=self._pool) if scheduler is not None else None
         self.schedules = list(schedules) if schedules is not None else list(schedule_registry.values())
         self._running: dict[int, asyncio.Task[None]] = {}
-        # job id -> attempt of each run, for the heart; the heart thread reads it with copy(), one
-        # C call under the GIL, while the loop thread changes it.
+        # job id -> attempt of each run, for the heartbeat.
         self._held: dict[int, int] = {}
         self._jobs: dict[int, Job] = {}
         self._stop_reason: dict[int, StopReason] = {}
         self._beat_ok = time.monotonic()  # when the last beat that went through was sent
         self._fenced = False
+        self._claim_in_doubt = False  # a claim failed with the connection: did it commit?
         self._outbox: list[_Outcome] = []
         self._stopping = False
         self._closing = False
@@ -156,10 +172,7 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._outbox_ready: asyncio.Event | None = None
-        self._heart_stop = threading.Event()
-        self._claim_link = _database.Link(dsn, "claim", self._after_claim_reconnect, owner=self.id)
-        self._record_link = _database.Link(dsn, "record", owner=self.id)
-        self._listen_link = _database.Link(dsn, "listen", self._listen_setup, owner=self.id)
+        self._beat_now: asyncio.Event | None = None
 
     # -- control --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -197,16 +210,14 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._outbox_ready = asyncio.Event()
-        await asyncio.to_thread(self._register)
+        self._beat_now = asyncio.Event()
+        await asyncio.to_thread(self._register_at_start)
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
-        heart = threading.Thread(target=self._heart, name="pgjobs-heartbeat", daemon=True)
-        heart.start()
-        await self._claim_link.get(deadline=time.monotonic())
-        await self._listen_link.get(deadline=time.monotonic())
         self._beat_ok = time.monotonic()
         helpers = [
+            asyncio.create_task(self._heart_loop(), name="pgjobs-heartbeat"),
             asyncio.create_task(self._listen_loop(), name="pgjobs-listen"),
             asyncio.create_task(self._fence_loop(), name="pgjobs-fence"),
             *([asyncio.create_task(self._reaper.run(), name="pgjobs-reaper")] if self._reaper else []),
@@ -231,10 +242,12 @@ class Worker:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            for link in (self._claim_link, self._record_link, self._listen_link):
-                await link.close()
-            self._heart_stop.set()
-            await asyncio.to_thread(heart.join)
+            try:
+                await asyncio.wait_for(self._record_exit(), timeout=5)
+            except (TimeoutError, psycopg.Error) as exc:
+                logger.warning("could not record this worker's exit (%s); the reaper will mark it dead", exc)
+            await self._pool.close()
+            await self._listen_link.close()
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     self._loop.remove_signal_handler(sig)
@@ -243,16 +256,39 @@ class Worker:
     def _register(self) -> None:
         with _database.connect(self.dsn, name=f"pgjobs register {self.id}") as conn:
             migrations.check(conn)
-            _database.fetch(
-                conn,
-                _sql.query("worker_register"),
-                {
-                    "id": self.id, "hostname": socket.gethostname(), "pid": os.getpid(),
-                    "os_user": getpass.getuser(), "queues": self.queues, "concurrency": self.concurrency,
-                    "heart_rate": self.heart_rate,
-                },
-            )  # fmt: skip
+            _database.fetch(conn, _sql.query("worker_register"), self._register_params())
             store(conn, self.schedules)
+
+    def _register_params(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "hostname": socket.gethostname(), "pid": os.getpid(), "os_user": getpass.getuser(),
+            "queues": self.queues, "concurrency": self.concurrency, "heart_rate": self.heart_rate,
+        }  # fmt: skip
+
+    def _register_at_start(self) -> None:
+        """Register, waiting for a database that does not answer yet (a restart, a failover, no free
+        connection slot) up to startup_timeout; a wrong configuration fails at once."""
+        deadline = None if self.startup_timeout is None else time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                self._register()
+            except (DatabaseUnavailable, psycopg.Error) as exc:
+                if not _database.transient(exc):
+                    raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise DatabaseUnavailable(
+                        f"the database did not answer within --startup-timeout {self.startup_timeout:g} s: "
+                        f"{_database.first_line(exc)}"
+                    ) from None
+                self._outage.failed("start-up, waiting", exc)
+                time.sleep(self._outage.delay)
+                continue
+            self._outage.ok()
+            return
+
+    async def _record_exit(self) -> None:
+        async with self._pool.connection("exit") as conn:
+            await _database.fetch_async(conn, _sql.query("worker_stopped"), {"id": self.id})
 
     async def _claim_loop(self) -> None:
         assert self._wake is not None
@@ -272,20 +308,24 @@ class Worker:
 
     async def _claim(self, n: int) -> list[Job]:
         try:
-            conn = await self._claim_link.get()
-            rows = await _database.fetch_async(
-                conn, _sql.query("job_dequeue"), {"worker_id": self.id, "queues": self.queues, "max_jobs": n}
-            )
-        except psycopg.OperationalError as exc:
-            await self._claim_link.broken(exc)
+            async with self._pool.connection("claim") as conn:
+                if self._claim_in_doubt:
+                    # A claim whose commit we never heard of leaves jobs active under our id: give
+                    # them back (claims take turns, so none is in flight now).
+                    params = {"worker_id": self.id, "running": list(self._running)}
+                    await _database.fetch_async(conn, _sql.query("job_release_unknown"), params)
+                    self._claim_in_doubt = False
+                rows = await _database.fetch_async(
+                    conn, _sql.query("job_dequeue"), {"worker_id": self.id, "queues": self.queues, "max_jobs": n}
+                )
+        except psycopg.Error as exc:
+            if not _database.transient(exc):
+                raise
+            self._claim_in_doubt = self._claim_in_doubt or _database.needs_reconnect(exc)
+            await self._outage.backoff()
             return []
+        self._outage.ok()
         return [Job.from_row(r) for r in rows]
-
-    async def _after_claim_reconnect(self, conn: AsyncConnection) -> None:
-        # A claim whose commit we never heard of leaves jobs active under our id: give them back.
-        await _database.fetch_async(
-            conn, _sql.query("job_release_unknown"), {"worker_id": self.id, "running": list(self._running)}
-        )
 
     async def _drain(self) -> None:
         if not self._running:
@@ -299,40 +339,32 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
 
     # -- heartbeat ------------------------------------------------------------------------------
-    def _heart(self) -> None:
+    async def _heart_loop(self) -> None:
         """Beat at a steady rate: after a beat that took t seconds, wait heart_rate - t (none when
-        it overran). Runs in its own thread with its own connection."""
-        conn: psycopg.Connection[_database.Row] | None = None
+        it overran); at once when the LISTEN session was (re)established."""
+        assert self._beat_now is not None
         while True:
             began = time.monotonic()
+            self._beat_now.clear()
             try:
-                if conn is None or conn.closed:
-                    conn = _database.connect(self.dsn, name=f"pgjobs heartbeat {self.id}")
-                if self._heart_stop.is_set():
-                    _database.fetch(conn, _sql.query("worker_stopped"), {"id": self.id})
-                    conn.close()
-                    return
-                rows = _database.fetch(conn, _sql.query("worker_heartbeat"), self._beat_params())
+                async with self._pool.connection("heartbeat") as conn:
+                    rows = await _database.fetch_async(conn, _sql.query("worker_heartbeat"), self._beat_params())
                 self._beat_ok = began
-                assert self._loop is not None
-                self._loop.call_soon_threadsafe(self._on_heartbeat, rows[0])
+                self._outage.ok()
+                self._on_heartbeat(rows[0])
             except psycopg.errors.NoDataFound:
                 logger.warning("worker %s was forgotten by the database; registering again", self.id)
-                with contextlib.suppress(psycopg.Error, ConfigurationError):
-                    self._register()
-            except (psycopg.Error, ConfigurationError) as exc:
-                logger.warning("heartbeat failed: %s", _database.first_line(exc))
-                if conn is not None:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.close()
-                conn = None
-                if self._heart_stop.is_set():
-                    return
-            self._heart_stop.wait(max(0.0, self.heart_rate - (time.monotonic() - began)))
+                with contextlib.suppress(psycopg.Error):
+                    async with self._pool.connection("register") as conn:
+                        await _database.fetch_async(conn, _sql.query("worker_register"), self._register_params())
+            except psycopg.Error as exc:
+                if not _database.transient(exc):
+                    logger.error("heartbeat failed: %s", _database.first_line(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), max(0.0, self.heart_rate - (time.monotonic() - began)))
 
     def _beat_params(self) -> dict[str, Any]:
-        held = self._held.copy()
-        return {"id": self.id, "job_ids": list(held), "attempts": list(held.values())}
+        return {"id": self.id, "job_ids": list(self._held), "attempts": list(self._held.values())}
 
     def _on_heartbeat(self, row: _database.Row) -> None:
         if row["status"] == "stopping" and not self._stopping:
@@ -380,12 +412,12 @@ class Worker:
         rows = await _database.fetch_async(conn, _sql.query("queue_channels"), {"queues": self.queues})
         channels = [r["channel"] for r in rows] + ["pgjobs.cancel", "pgjobs.worker"]
         await conn.execute(_database.listen_query(channels))
-        # Notifications sent while we were not listening are lost: look for work, and beat once
+        # Notifications sent while we were not listening are lost: look for work, and beat at once
         # to learn of stop requests and cancels sent meanwhile.
         if self._wake is not None:
             self._wake.set()
-        rows = await _database.fetch_async(conn, _sql.query("worker_heartbeat"), self._beat_params())
-        self._on_heartbeat(rows[0])
+        if self._beat_now is not None:
+            self._beat_now.set()
 
     async def _listen_loop(self) -> None:
         assert self._wake is not None
@@ -402,8 +434,12 @@ class Worker:
                             self._stop_now(" (asked through the database)")
                     else:
                         self._wake.set()
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
+                if not _database.transient(exc):
+                    logger.error("listen failed: %s", _database.first_line(exc))
+                self._outage.failed("listen", exc)
                 await self._listen_link.broken(exc)
+                await self._outage.backoff()
 
     # -- running jobs ---------------------------------------------------------------------------
     def _start(self, job: Job) -> None:
@@ -488,17 +524,19 @@ class Worker:
         return result
 
     async def _touch(self, job: Job, progress: float | None, meta: Mapping[str, Any] | None) -> bool:
-        conn = await self._record_link.get()
-        rows = await _database.fetch_async(
-            conn,
-            _sql.query("job_touch"),
-            {
-                "id": job.id,
-                "attempt": job.attempts,
-                "progress": progress,
-                "meta": to_json(dict(meta), "meta") if meta is not None else None,
-            },
-        )
+        params = {
+            "id": job.id,
+            "attempt": job.attempts,
+            "progress": progress,
+            "meta": to_json(dict(meta), "meta") if meta is not None else None,
+        }
+        try:
+            async with self._pool.connection("touch") as conn:
+                rows = await _database.fetch_async(conn, _sql.query("job_touch"), params)
+        except psycopg.Error as exc:
+            if _database.transient(exc):
+                return True  # not recorded this time; the run is ours as far as we know (the fence watches)
+            raise
         return bool(rows[0]["touched"])
 
     # -- recording outcomes ---------------------------------------------------------------------
@@ -512,16 +550,21 @@ class Worker:
                 self._outbox_ready.clear()
                 continue
             batch = list(self._outbox)
-            deadline = time.monotonic() + self.shutdown_grace if self._closing else None
+            recorded: list[_Outcome] = []
             try:
-                conn = await self._record_link.get(deadline)
-                await self._record(conn, batch)
-            except psycopg.OperationalError as exc:
-                await self._record_link.broken(exc)
-                continue
-            del self._outbox[: len(batch)]
+                async with self._pool.connection("record") as conn:
+                    await self._record(conn, batch, recorded)
+                self._outage.ok()
+            except psycopg.Error as exc:
+                if not _database.transient(exc):
+                    raise
+                await self._outage.backoff()  # the outcomes wait in the outbox, still under their fence
+            finally:
+                gone = {id(o) for o in recorded}
+                self._outbox[:] = [o for o in self._outbox if id(o) not in gone]
 
-    async def _record(self, conn: AsyncConnection, batch: list[_Outcome]) -> None:
+    async def _record(self, conn: AsyncConnection, batch: list[_Outcome], recorded: list[_Outcome]) -> None:
+        """Record a batch of outcomes, adding each to ``recorded`` once its statement went through."""
         done = [o for o in batch if o.kind == "complete"]
         if done:
             rows = await _database.fetch_async(
@@ -535,9 +578,10 @@ class Worker:
                     "attempts": [o.job.attempts for o in done],
                 },
             )
-            recorded = {r["id"] for r in rows}
+            recorded.extend(done)
+            ours = {r["id"] for r in rows}
             for o in done:
-                if o.job.id in recorded:
+                if o.job.id in ours:
                     logger.info("job %d %s complete in %.1f ms", o.job.id, o.job.task, o.seconds * 1000)
                 else:
                     logger.warning(
@@ -550,12 +594,14 @@ class Worker:
                     _sql.query("job_fail"),
                     {"id": o.job.id, "error": o.error, "attempt": o.job.attempts, "retry": o.retry},
                 )
+                recorded.append(o)
                 self._log_failure(o, rows[0]["status"])
         released = [o for o in batch if o.kind == "release"]
         if released:
             await _database.fetch_async(
                 conn, _sql.query("job_release"), {"worker_id": self.id, "ids": [o.job.id for o in released]}
             )
+            recorded.extend(released)
             for o in released:
                 logger.info("job %d %s given back to the queue after %.1f ms", o.job.id, o.job.task, o.seconds * 1000)
 

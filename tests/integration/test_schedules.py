@@ -95,7 +95,7 @@ def run_scheduler(dsn: str, passes: int = 1) -> int:
         total = 0
         for _ in range(passes):
             total += await scheduler.run_once()
-        await scheduler._link.close()
+        await scheduler._pool.close()
         return total
 
     return asyncio.run(main())
