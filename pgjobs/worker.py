@@ -211,10 +211,18 @@ class Worker:
         self._wake = asyncio.Event()
         self._outbox_ready = asyncio.Event()
         self._beat_now = asyncio.Event()
-        await asyncio.to_thread(self._register_at_start)
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self._register_at_start()
+        except BaseException:
+            self._remove_signal_handlers(handle_signals)
+            raise
+        if self._stopping:
+            self._remove_signal_handlers(handle_signals)
+            logger.info("worker %s stopped before it started", self.id)
+            return
         self._beat_ok = time.monotonic()
         helpers = [
             asyncio.create_task(self._heart_loop(), name="pgjobs-heartbeat"),
@@ -248,10 +256,13 @@ class Worker:
                 logger.warning("could not record this worker's exit (%s); the reaper will mark it dead", exc)
             await self._pool.close()
             await self._listen_link.close()
-            if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    self._loop.remove_signal_handler(sig)
+            self._remove_signal_handlers(handle_signals)
             logger.info("worker %s stopped", self.id)
+
+    def _remove_signal_handlers(self, handled: bool) -> None:
+        if handled and self._loop is not None:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._loop.remove_signal_handler(sig)
 
     def _register(self) -> None:
         with _database.connect(self.dsn, name=f"pgjobs register {self.id}") as conn:
@@ -265,13 +276,14 @@ class Worker:
             "queues": self.queues, "concurrency": self.concurrency, "heart_rate": self.heart_rate,
         }  # fmt: skip
 
-    def _register_at_start(self) -> None:
+    async def _register_at_start(self) -> None:
         """Register, waiting for a database that does not answer yet (a restart, a failover, no free
-        connection slot) up to startup_timeout; a wrong configuration fails at once."""
+        connection slot) up to startup_timeout or stop(); a wrong configuration fails at once."""
         deadline = None if self.startup_timeout is None else time.monotonic() + self.startup_timeout
-        while True:
+        assert self._wake is not None
+        while not self._stopping:
             try:
-                self._register()
+                await asyncio.to_thread(self._register)
             except (DatabaseUnavailable, psycopg.Error) as exc:
                 if not _database.transient(exc):
                     raise
@@ -281,7 +293,8 @@ class Worker:
                         f"{_database.first_line(exc)}"
                     ) from None
                 self._outage.failed("start-up, waiting", exc)
-                time.sleep(self._outage.delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._outage.delay)  # stop() sets it
                 continue
             self._outage.ok()
             return
