@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import datetime as dt
 import math
 import threading
@@ -377,7 +378,9 @@ async def wait_async(job_ids: Iterable[int], timeout: float | None = None, *, ds
     target = await asyncio.to_thread(migrations.prepare, dsn)
     conn = await _database.connect_async(target)
     try:
-        await _database.fetch_async(conn, _sql.query("listen"), {"channel": "pgjobs.done"})
+        # A client kept off the channels finds its jobs finished by the re-reads below.
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            await _database.fetch_async(conn, _sql.query("listen"), {"channel": "pgjobs.done"})
         query, ids = _sql.query("job_get_many"), list(wanted)
         recheck = _RECHECK_FIRST
         while True:

@@ -22,6 +22,8 @@ from psycopg.rows import dict_row
 import pgjobs
 from pgjobs import embedded
 
+DictConn = psycopg.Connection[dict[str, Any]]
+
 _counter = itertools.count()
 _embedded_path: Path | None = None
 
@@ -125,3 +127,27 @@ def restart_postgres(server_dsn: str) -> Callable[[], None]:
         )
 
     return restart_cluster
+
+
+@pytest.fixture
+def login(
+    dsn: str, conn: psycopg.Connection[dict[str, Any]]
+) -> Iterator[Callable[[str], psycopg.Connection[dict[str, Any]]]]:
+    """login(group) -> a connection as a fresh login role that is a member of group."""
+    made: list[str] = []
+    opened: list[DictConn] = []
+
+    def make(group: str) -> DictConn:
+        name = f"pgjobs_test_{group.split('_')[1]}_{os.getpid()}_{len(made)}"
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(group)))
+        made.append(name)
+        c = psycopg.connect(make_conninfo(dsn, user=name), autocommit=True, row_factory=dict_row)
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        c.close()
+    for name in made:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

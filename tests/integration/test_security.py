@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 import pgjobs
 
 Conn = psycopg.Connection[dict[str, Any]]
-
-
-@pytest.fixture
-def login(dsn: str, conn: Conn) -> Iterator[Any]:
-    """login(group) -> a connection as a fresh login role that is a member of group."""
-    made: list[str] = []
-    opened: list[Conn] = []
-
-    def make(group: str) -> Conn:
-        name = f"pgjobs_test_{group.split('_')[1]}_{os.getpid()}_{len(made)}"
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN IN ROLE {}").format(sql.Identifier(name), sql.Identifier(group)))
-        made.append(name)
-        c = psycopg.connect(make_conninfo(dsn, user=name), autocommit=True, row_factory=dict_row)
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        c.close()
-    for name in made:
-        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def refused(c: Conn, query: str, params: Any = None) -> None:
