@@ -46,6 +46,12 @@ async def crash_first(job: Job, seconds: float = 0.0) -> None:
     await record(job, seconds)
 
 
+@pgjobs.task(name="acceptance.slow_first", pass_job=True)
+async def slow_first(job: Job, seconds: float = 60.0) -> None:
+    """Takes `seconds` on a job's first attempt and no time on later ones: a run a crash cuts short."""
+    await record(job, seconds if job.attempts == 1 else 0.0)
+
+
 def read_spans(log_dir: Path) -> list[tuple[int, int, int, float, float, str]]:
     """(job id, pid, attempt, start, end, how it ended) of every run of acceptance.span and
     acceptance.span_sync, whether it finished or was stopped."""

@@ -166,14 +166,22 @@ def test_a_failover_to_the_promoted_standby(cluster: Cluster, tmp_path: Path, sy
         f"host=127.0.0.1,127.0.0.1 port={cluster.port},{standby.port} user=postgres dbname=postgres "
         "target_session_attrs=read-write"
     )
+    # A worker on the primary's host alone holds four runs; it dies with the primary.
+    doomed = worker(primary_dsn, tmp_path, "--queue", "slow", "--no-reaper")
+    wait_until(lambda: bool(query(primary_dsn, "SELECT 1 FROM pgjobs.workers")), 30, "the doomed worker")
+    slow = [{"task": "acceptance.slow_first", "queue": "slow", "retry_delay": 0}] * 4
+    query(primary_dsn, "SELECT pgjobs.enqueue_many(%s)", [Jsonb(slow)])
+    wait_until(lambda: count(primary_dsn, "active") == 4, 30, "the doomed worker's four runs")
+    (doomed_row,) = query(primary_dsn, "SELECT id FROM pgjobs.workers")
     enqueue(primary_dsn, 400, seconds=0.02)
-    first, second = worker(both, tmp_path), worker(both, tmp_path)
-    with first, second:
+    first, second = worker(both, tmp_path, "--queue", "default", "--queue", "slow"), worker(both, tmp_path)
+    with doomed, first, second:
         wait_until(lambda: count(primary_dsn, "complete") >= 100, 60, "the first 100 jobs")
         enqueuer = Enqueuer(primary_dsn)
         enqueuer.start()
         time.sleep(1)
-        cluster.stop("immediate")  # the primary's host dies
+        cluster.stop("immediate")  # the primary's host dies, and the doomed worker with it
+        doomed.signal(signal.SIGKILL)
         failed_at = time.monotonic()
         enqueuer.join(timeout=30)
         standby.promote()
@@ -181,6 +189,11 @@ def test_a_failover_to_the_promoted_standby(cluster: Cluster, tmp_path: Path, sy
         present = {r["id"] for r in query(new_dsn, "SELECT id FROM pgjobs.jobs")}
         wait_until(lambda: count(new_dsn, "complete") == len(present), 120, "every job on the new primary")
         recovered_after = time.monotonic() - failed_at
+        # Its runs were reset by the reaper on the new primary: the liveness data came along.
+        reset = query(new_dsn, "SELECT worker_id, attempts FROM pgjobs.jobs WHERE queue = 'slow'")
+        assert all(r["worker_id"] != doomed_row["id"] and r["attempts"] == 2 for r in reset), reset
+        (dead,) = query(new_dsn, "SELECT status FROM pgjobs.workers WHERE id = %s", [doomed_row["id"]])
+        assert dead["status"] == "dead"
         for w in (first, second):
             assert w.popen.poll() is None, w.output()
         stop(first, second)
