@@ -5,11 +5,22 @@ from __future__ import annotations
 import datetime as dt
 import math
 
+import psycopg
 import pytest
+from psycopg.errors import (
+    AdminShutdown,
+    DeadlockDetected,
+    InsufficientPrivilege,
+    InvalidParameterValue,
+    ReadOnlySqlTransaction,
+    SerializationFailure,
+    TooManyConnections,
+    UndefinedTable,
+)
 
 import pgjobs
 from pgjobs import ArgumentError, _sql, migrations
-from pgjobs._database import redact
+from pgjobs._database import needs_reconnect, redact, session_params, transient
 
 
 def test_job_maps_options_to_columns() -> None:
@@ -90,3 +101,33 @@ def test_every_named_query_parses() -> None:
     assert {"job_enqueue", "job_dequeue", "job_complete_many", "migration_lock"} <= names
     for query in _sql.queries().values():
         assert query.as_string(None).strip()
+
+
+def test_sessions_die_with_their_host_unless_the_dsn_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGJOBS_DEAD_PEER_TIMEOUT", raising=False)
+    params = session_params("postgresql://u@db/x", "pgjobs listen w1")
+    assert (params["keepalives_idle"], params["keepalives_interval"], params["keepalives_count"]) == ("10", "5", "4")
+    assert (params["tcp_user_timeout"], params["connect_timeout"]) == ("30000", "10")
+    assert params["application_name"] == "pgjobs listen w1"
+    assert "-c tcp_keepalives_idle=10" in params["options"] and "-c tcp_user_timeout=30000" in params["options"]
+    assert "-c idle_in_transaction_session_timeout=10s" in params["options"]
+    # What the DSN sets wins, its options are kept, and nothing it names is set twice.
+    mine = session_params("host=db keepalives_idle=60 application_name=app options='-c tcp_keepalives_idle=60'")
+    assert "keepalives_idle" not in mine and "application_name" not in mine
+    assert (
+        mine["options"].startswith("-c tcp_keepalives_idle=60 ") and mine["options"].count("tcp_keepalives_idle") == 1
+    )
+    monkeypatch.setenv("PGJOBS_DEAD_PEER_TIMEOUT", "6")
+    assert session_params("host=db")["tcp_user_timeout"] == "6000"
+    monkeypatch.setenv("PGJOBS_DEAD_PEER_TIMEOUT", "soon")
+    with pytest.raises(pgjobs.ConfigurationError, match="PGJOBS_DEAD_PEER_TIMEOUT"):
+        session_params("host=db")
+
+
+def test_transient_errors_are_told_from_mistakes() -> None:
+    assert transient(psycopg.OperationalError("connection lost"))  # no SQLSTATE: the connection failed
+    for cls in (ReadOnlySqlTransaction, TooManyConnections, AdminShutdown, SerializationFailure, DeadlockDetected):
+        assert transient(cls()), cls
+    for cls in (InvalidParameterValue, UndefinedTable, InsufficientPrivilege):
+        assert not transient(cls()), cls
+    assert needs_reconnect(ReadOnlySqlTransaction()) and not needs_reconnect(SerializationFailure())
