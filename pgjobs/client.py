@@ -1,43 +1,45 @@
-"""Enqueueing and looking up jobs from Python, sync and async.
+"""Enqueueing, cancelling and watching jobs from Python, sync and async.
 
-Each public function builds one ``_Call`` (query, parameters, how to read the rows); ``_run`` and
-``_run_async`` are the only sync- and async-specific code. Without ``conn=`` a process-wide pool
-on the configured DSN is used; with it, the statement joins the caller's transaction.
+Each public function builds one ``Call`` and sends it with ``run`` or ``run_async`` (see
+``_calls``): without ``conn=`` on a process-wide pool, with it in the caller's transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
 import datetime as dt
 import math
-import threading
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Protocol, runtime_checkable
 
-import psycopg
-from psycopg import sql
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from . import _database, _sql, migrations
+from ._calls import AsyncConnection, Call, Connection, run, run_async
+from ._calls import close as close
+from ._calls import close_async as close_async
 from .errors import ArgumentError
 from .job import Job, JobStatus, check_arguments, to_json
+from .job import get_job as get_job
+from .job import get_job_async as get_job_async
+from .job import wait as wait
+from .job import wait_async as wait_async
 from .reaper import ReapCounts
-from .tasks import Task
 
-T = TypeVar("T")
+
+@runtime_checkable
+class TaskRef(Protocol):
+    """What enqueue needs of a ``@task`` function: its name and its default options."""
+
+    name: str
+    options: dict[str, Any]
+
 
 OPTION_NAMES = frozenset(
     {"queue", "priority", "scheduled", "delay", "group_key", "key", "retries", "timeout",
      "heartbeat", "retry_delay", "retry_backoff", "ttl", "meta"}
 )  # fmt: skip
-
-Connection = psycopg.Connection[Any]
-AsyncConnection = psycopg.AsyncConnection[Any]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,7 +98,7 @@ _COLUMNS = ("queue", "priority", "scheduled_at", "delay", "group_key", "key", "m
 
 
 def job(
-    task: str | Task[..., Any],
+    task: str | TaskRef,
     /,
     *task_args: Any,
     args: Sequence[Any] | Mapping[str, Any] | None = None,
@@ -122,10 +124,10 @@ def job(
         "heartbeat": heartbeat, "retry_delay": retry_delay, "retry_backoff": retry_backoff,
         "ttl": ttl, "meta": meta,
     }  # fmt: skip
-    if isinstance(task, Task):
-        name, defaults = task.name, task.options
-    elif isinstance(task, str):
+    if isinstance(task, str):
         name, defaults = task, {}
+    elif isinstance(task, TaskRef):
+        name, defaults = task.name, task.options
     else:
         raise ArgumentError(f"task must be a task name or a @task function, got {task!r}")
     o = {**defaults, **{k: v for k, v in explicit.items() if v is not None}}
@@ -187,122 +189,30 @@ def job(
 
 
 # ------------------------------------------------------------------------------------------------
-# Running calls: the only sync- and async-specific code
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Call(Generic[T]):
-    query: sql.SQL | sql.Composed
-    params: Mapping[str, Any]
-    parse: Callable[[list[_database.Row]], T]
-
-
-# wait(): seconds before the first re-read of jobs nobody announced, doubling up to the last.
-_RECHECK_FIRST = 0.5
-_RECHECK_MAX = 30.0
-
-_lock = threading.Lock()
-_pool: ConnectionPool[Any] | None = None
-_async_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _ready_dsn() -> str:
-    """The configured DSN, checked to answer and to hold the schema (created on the embedded server)."""
-    dsn = migrations.prepare()
-    with _database.connect(dsn) as conn:  # one clear line for a wrong DSN, not a pool timeout
-        migrations.check(conn)
-    return dsn
-
-
-def _default_pool() -> ConnectionPool[Any]:
-    global _pool
-    with _lock:
-        if _pool is None:
-            dsn = _ready_dsn()
-            _pool = ConnectionPool(
-                dsn, min_size=1, max_size=8, kwargs={"autocommit": True, **_database.session_params(dsn)},
-                open=True, name="pgjobs",
-            )  # fmt: skip
-            atexit.register(_pool.close)
-        return _pool
-
-
-async def _default_async_pool() -> AsyncConnectionPool[Any]:
-    loop = asyncio.get_running_loop()
-    pool = _async_pools.get(loop)
-    if pool is None:
-        dsn = await asyncio.to_thread(_ready_dsn)
-        kwargs = {"autocommit": True, **_database.session_params(dsn)}
-        pool = AsyncConnectionPool(dsn, min_size=1, max_size=8, kwargs=kwargs, open=False)
-        await pool.open()
-        _async_pools[loop] = pool
-    return pool
-
-
-def close() -> None:
-    """Close the default connection pool (it reopens on the next call)."""
-    global _pool
-    with _lock:
-        if _pool is not None:
-            _pool.close()
-            _pool = None
-
-
-async def close_async() -> None:
-    """Close the default async pool of the running event loop."""
-    pool = _async_pools.pop(asyncio.get_running_loop(), None)
-    if pool is not None:
-        await pool.close()
-
-
-def _run(call: _Call[T], conn: Connection | None) -> T:
-    if conn is not None:
-        return call.parse(_database.fetch(conn, call.query, call.params))
-    with _default_pool().connection() as c:
-        return call.parse(_database.fetch(c, call.query, call.params))
-
-
-async def _run_async(call: _Call[T], conn: AsyncConnection | None) -> T:
-    if conn is not None:
-        return call.parse(await _database.fetch_async(conn, call.query, call.params))
-    async with (await _default_async_pool()).connection() as c:
-        return call.parse(await _database.fetch_async(c, call.query, call.params))
-
-
-# ------------------------------------------------------------------------------------------------
 # The calls
 # ------------------------------------------------------------------------------------------------
 def _one_job(rows: list[_database.Row]) -> Job:
     return Job.from_row(rows[0])
 
 
-def _maybe_job(rows: list[_database.Row]) -> Job | None:
-    return Job.from_row(rows[0]) if rows else None
+def _enqueue_call(request: JobRequest) -> Call[Job]:
+    return Call(_sql.query("job_enqueue"), request.params(), _one_job)
 
 
-def _enqueue_call(request: JobRequest) -> _Call[Job]:
-    return _Call(_sql.query("job_enqueue"), request.params(), _one_job)
-
-
-def _enqueue_many_call(requests: Iterable[JobRequest]) -> _Call[list[int]]:
+def _enqueue_many_call(requests: Iterable[JobRequest]) -> Call[list[int]]:
     docs = [r.document() for r in requests]
-    return _Call(_sql.query("job_enqueue_many"), {"jobs": Jsonb(docs)}, lambda rows: [r["id"] for r in rows])
+    return Call(_sql.query("job_enqueue_many"), {"jobs": Jsonb(docs)}, lambda rows: [r["id"] for r in rows])
 
 
-def _get_call(job_id: int) -> _Call[Job | None]:
-    return _Call(_sql.query("job_get"), {"id": job_id}, _maybe_job)
-
-
-def _cancel_call(job_id: int) -> _Call[JobStatus | None]:
+def _cancel_call(job_id: int) -> Call[JobStatus | None]:
     def parse(rows: list[_database.Row]) -> JobStatus | None:
         status = rows[0]["status"]
         return JobStatus(status) if status is not None else None
 
-    return _Call(_sql.query("job_cancel"), {"id": job_id}, parse)
+    return Call(_sql.query("job_cancel"), {"id": job_id}, parse)
 
 
-def enqueue(task: str | Task[..., Any], /, *args: Any, conn: Connection | None = None, **kwargs: Any) -> Job:
+def enqueue(task: str | TaskRef, /, *args: Any, conn: Connection | None = None, **kwargs: Any) -> Job:
     """Enqueue a job and return it as stored.
 
     Positional and keyword arguments other than the options below go to the task (one kind or
@@ -321,34 +231,22 @@ def enqueue(task: str | Task[..., Any], /, *args: Any, conn: Connection | None =
     :param ttl: seconds a finished job is kept (0: forever, -1: not kept).
     :param meta: a dict stored with the job.
     """
-    return _run(_enqueue_call(job(task, *args, **kwargs)), conn)
+    return run(_enqueue_call(job(task, *args, **kwargs)), conn)
 
 
-async def enqueue_async(
-    task: str | Task[..., Any], /, *args: Any, conn: AsyncConnection | None = None, **kwargs: Any
-) -> Job:
+async def enqueue_async(task: str | TaskRef, /, *args: Any, conn: AsyncConnection | None = None, **kwargs: Any) -> Job:
     """The async twin of enqueue()."""
-    return await _run_async(_enqueue_call(job(task, *args, **kwargs)), conn)
+    return await run_async(_enqueue_call(job(task, *args, **kwargs)), conn)
 
 
 def enqueue_many(jobs: Iterable[JobRequest], *, conn: Connection | None = None) -> list[int]:
     """Enqueue many jobs (built with ``pgjobs.job()``) in one round trip; returns their ids in order."""
-    return _run(_enqueue_many_call(jobs), conn)
+    return run(_enqueue_many_call(jobs), conn)
 
 
 async def enqueue_many_async(jobs: Iterable[JobRequest], *, conn: AsyncConnection | None = None) -> list[int]:
     """The async twin of enqueue_many()."""
-    return await _run_async(_enqueue_many_call(jobs), conn)
-
-
-def get_job(job_id: int, *, conn: Connection | None = None) -> Job | None:
-    """The job with that id, or None."""
-    return _run(_get_call(job_id), conn)
-
-
-async def get_job_async(job_id: int, *, conn: AsyncConnection | None = None) -> Job | None:
-    """The async twin of get_job()."""
-    return await _run_async(_get_call(job_id), conn)
+    return await run_async(_enqueue_many_call(jobs), conn)
 
 
 def cancel(job_id: int, *, conn: Connection | None = None) -> JobStatus | None:
@@ -356,73 +254,31 @@ def cancel(job_id: int, *, conn: Connection | None = None) -> JobStatus | None:
 
     Returns the job's status afterwards, or None for an unknown id.
     """
-    return _run(_cancel_call(job_id), conn)
+    return run(_cancel_call(job_id), conn)
 
 
 async def cancel_async(job_id: int, *, conn: AsyncConnection | None = None) -> JobStatus | None:
     """The async twin of cancel()."""
-    return await _run_async(_cancel_call(job_id), conn)
-
-
-async def wait_async(job_ids: Iterable[int], timeout: float | None = None, *, dsn: str | None = None) -> list[Job]:
-    """Wait until every job is finished (or the timeout passes) and return them as they are then.
-
-    Listens on the completion channel (through pgjobs.listen), and reads the jobs again only when
-    one of them is announced, or now and then in case an announcement came too early for it.
-    """
-    wanted = set(job_ids)
-    if not wanted:
-        return []
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    target = await asyncio.to_thread(migrations.prepare, dsn)
-    conn = await _database.connect_async(target)
-    try:
-        # A client kept off the channels finds its jobs finished by the re-reads below.
-        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
-            await _database.fetch_async(conn, _sql.query("listen"), {"channel": "pgjobs.done"})
-        query, ids = _sql.query("job_get_many"), list(wanted)
-        recheck = _RECHECK_FIRST
-        while True:
-            rows = await _database.fetch_async(conn, query, {"ids": ids})
-            jobs = [Job.from_row(r) for r in rows]
-            pending = {j.id for j in jobs if not j.finished}
-            remaining = None if deadline is None else deadline - loop.time()
-            if not pending or (remaining is not None and remaining <= 0):
-                return sorted(jobs, key=lambda j: ids.index(j.id) if j.id in wanted else 0)
-            # A job that finished while this session was starting to listen may have checked for
-            # listeners just before it could see us: look again now and then, ever more rarely.
-            timeout = recheck if remaining is None else min(recheck, remaining)
-            recheck = min(recheck * 2, _RECHECK_MAX)
-            async for note in conn.notifies(timeout=timeout):
-                if pending.intersection(int(i) for i in note.payload.split(",") if i):
-                    break
-    finally:
-        await conn.close()
-
-
-def wait(job_ids: Iterable[int], timeout: float | None = None, *, dsn: str | None = None) -> list[Job]:
-    """The sync twin of wait_async() (it runs the async one; call it where no event loop runs)."""
-    return asyncio.run(wait_async(job_ids, timeout, dsn=dsn))
+    return await run_async(_cancel_call(job_id), conn)
 
 
 # ------------------------------------------------------------------------------------------------
 # Workers, the reaper, events
 # ------------------------------------------------------------------------------------------------
-def _stop_worker_call(worker_id: str) -> _Call[str | None]:
-    return _Call(_sql.query("worker_stop"), {"id": worker_id}, lambda rows: rows[0]["status"])
+def _stop_worker_call(worker_id: str) -> Call[str | None]:
+    return Call(_sql.query("worker_stop"), {"id": worker_id}, lambda rows: rows[0]["status"])
 
 
-def _is_alive_call(worker_id: str, grace_multiplier: float) -> _Call[bool]:
-    return _Call(
+def _is_alive_call(worker_id: str, grace_multiplier: float) -> Call[bool]:
+    return Call(
         _sql.query("worker_is_alive"),
         {"id": worker_id, "grace": grace_multiplier},
         lambda rows: bool(rows[0]["alive"]),
     )
 
 
-def _reap_call(batch_size: int, grace_multiplier: float) -> _Call[ReapCounts]:
-    return _Call(
+def _reap_call(batch_size: int, grace_multiplier: float) -> Call[ReapCounts]:
+    return Call(
         _sql.query("reap"),
         {"batch_size": batch_size, "grace": grace_multiplier},
         lambda rows: ReapCounts(**rows[0]),
@@ -431,34 +287,34 @@ def _reap_call(batch_size: int, grace_multiplier: float) -> _Call[ReapCounts]:
 
 def stop_worker(worker_id: str, *, conn: Connection | None = None) -> str | None:
     """Ask a worker to stop gracefully, wherever it runs; returns its status (None: unknown id)."""
-    return _run(_stop_worker_call(worker_id), conn)
+    return run(_stop_worker_call(worker_id), conn)
 
 
 async def stop_worker_async(worker_id: str, *, conn: AsyncConnection | None = None) -> str | None:
     """The async twin of stop_worker()."""
-    return await _run_async(_stop_worker_call(worker_id), conn)
+    return await run_async(_stop_worker_call(worker_id), conn)
 
 
 def is_alive(worker_id: str, grace_multiplier: float = 2.1, *, conn: Connection | None = None) -> bool:
     """Whether a worker is running and beat within grace_multiplier heart rates (database clock)."""
-    return _run(_is_alive_call(worker_id, grace_multiplier), conn)
+    return run(_is_alive_call(worker_id, grace_multiplier), conn)
 
 
 async def is_alive_async(worker_id: str, grace_multiplier: float = 2.1, *, conn: AsyncConnection | None = None) -> bool:
     """The async twin of is_alive()."""
-    return await _run_async(_is_alive_call(worker_id, grace_multiplier), conn)
+    return await run_async(_is_alive_call(worker_id, grace_multiplier), conn)
 
 
 def reap(*, batch_size: int = 1000, grace_multiplier: float = 2.1, conn: Connection | None = None) -> ReapCounts:
     """Run one reaper pass (see pgjobs.reap() in SQL) and return its counts."""
-    return _run(_reap_call(batch_size, grace_multiplier), conn)
+    return run(_reap_call(batch_size, grace_multiplier), conn)
 
 
 async def reap_async(
     *, batch_size: int = 1000, grace_multiplier: float = 2.1, conn: AsyncConnection | None = None
 ) -> ReapCounts:
     """The async twin of reap()."""
-    return await _run_async(_reap_call(batch_size, grace_multiplier), conn)
+    return await run_async(_reap_call(batch_size, grace_multiplier), conn)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,16 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal
 
+import psycopg
 from psycopg.types.json import Jsonb
 
+from . import _database, _sql, migrations
+from ._calls import AsyncConnection, Call, Connection, run, run_async
 from .errors import ArgumentError, JobCancelled
 
 DurationKind = Literal["process", "start", "total", "running"]
@@ -232,8 +235,6 @@ class Job:
     def refresh(self, until_complete: float | None = None) -> Job:
         """Reload this job; with ``until_complete``, first wait up to that many seconds for it to
         finish (raising TimeoutError if it does not). Waiting listens, it does not poll."""
-        from .client import get_job, wait
-
         if self.id is None:
             raise LookupError("this job was never enqueued")
         if until_complete is None:
@@ -245,8 +246,6 @@ class Job:
 
     async def refresh_async(self, until_complete: float | None = None) -> Job:
         """The async twin of refresh()."""
-        from .client import get_job_async, wait_async
-
         if self.id is None:
             raise LookupError("this job was never enqueued")
         if until_complete is None:
@@ -258,3 +257,71 @@ class Job:
 
 
 _COLUMNS = frozenset(f.name for f in fields(Job) if not f.name.startswith("_"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading jobs and waiting for them
+# ------------------------------------------------------------------------------------------------
+# wait(): seconds before the first re-read of jobs nobody announced, doubling up to the last.
+_RECHECK_FIRST = 0.5
+_RECHECK_MAX = 30.0
+
+
+def _maybe_job(rows: list[_database.Row]) -> Job | None:
+    return Job.from_row(rows[0]) if rows else None
+
+
+def _get_call(job_id: int) -> Call[Job | None]:
+    return Call(_sql.query("job_get"), {"id": job_id}, _maybe_job)
+
+
+def get_job(job_id: int, *, conn: Connection | None = None) -> Job | None:
+    """The job with that id, or None."""
+    return run(_get_call(job_id), conn)
+
+
+async def get_job_async(job_id: int, *, conn: AsyncConnection | None = None) -> Job | None:
+    """The async twin of get_job()."""
+    return await run_async(_get_call(job_id), conn)
+
+
+async def wait_async(job_ids: Iterable[int], timeout: float | None = None, *, dsn: str | None = None) -> list[Job]:
+    """Wait until every job is finished (or the timeout passes) and return them as they are then.
+
+    Listens on the completion channel (through pgjobs.listen), and reads the jobs again only when
+    one of them is announced, or now and then in case an announcement came too early for it.
+    """
+    wanted = set(job_ids)
+    if not wanted:
+        return []
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    target = await asyncio.to_thread(migrations.prepare, dsn)
+    conn = await _database.connect_async(target)
+    try:
+        # A client kept off the channels finds its jobs finished by the re-reads below.
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            await _database.fetch_async(conn, _sql.query("listen"), {"channel": "pgjobs.done"})
+        query, ids = _sql.query("job_get_many"), list(wanted)
+        recheck = _RECHECK_FIRST
+        while True:
+            rows = await _database.fetch_async(conn, query, {"ids": ids})
+            jobs = [Job.from_row(r) for r in rows]
+            pending = {j.id for j in jobs if not j.finished}
+            remaining = None if deadline is None else deadline - loop.time()
+            if not pending or (remaining is not None and remaining <= 0):
+                return sorted(jobs, key=lambda j: ids.index(j.id) if j.id in wanted else 0)
+            # A job that finished while this session was starting to listen may have checked for
+            # listeners just before it could see us: look again now and then, ever more rarely.
+            timeout = recheck if remaining is None else min(recheck, remaining)
+            recheck = min(recheck * 2, _RECHECK_MAX)
+            async for note in conn.notifies(timeout=timeout):
+                if pending.intersection(int(i) for i in note.payload.split(",") if i):
+                    break
+    finally:
+        await conn.close()
+
+
+def wait(job_ids: Iterable[int], timeout: float | None = None, *, dsn: str | None = None) -> list[Job]:
+    """The sync twin of wait_async() (it runs the async one; call it where no event loop runs)."""
+    return asyncio.run(wait_async(job_ids, timeout, dsn=dsn))

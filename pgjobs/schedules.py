@@ -24,8 +24,9 @@ import psycopg
 from croniter import croniter
 from croniter.croniter import CroniterError
 
-from . import _database, _sql, migrations
+from . import _database, _sql, client, migrations
 from .errors import ArgumentError, PgjobsError
+from .job import to_json
 from .tasks import Task, task
 
 logger = logging.getLogger("pgjobs.scheduler")
@@ -100,7 +101,6 @@ class Schedule:
 
     def params(self) -> dict[str, Any]:
         """Parameters of the ``schedule_upsert`` query."""
-        from .job import to_json
 
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["args"] = to_json(self.args, f"the arguments of schedule {self.name!r}")
@@ -130,11 +130,10 @@ def periodic(
     when it starts. ``options`` are enqueue options (queue, priority, group_key, retries,
     timeout, heartbeat, retry_delay, retry_backoff, ttl, meta). Errors are raised here, before
     anything is stored."""
-    from .client import job
 
     def register(f: Callable[..., Any]) -> Task[..., Any]:
         t = f if isinstance(f, Task) else task(pass_job=pass_job)(f)
-        request = job(t, args=args if args is not None else {}, **options)
+        request = client.job(t, args=args if args is not None else {}, **options)
         o = request.options
         seconds = every.total_seconds() if isinstance(every, dt.timedelta) else every
         schedule = Schedule(
@@ -358,7 +357,6 @@ def backfill(
     """Enqueue one job per tick of a schedule with start <= tick < end (naive times read in the
     schedule's zone), skipping ticks that already have a job unless rerun_failed and it failed.
     With wait, wait up to that many seconds for the jobs and count how they ended."""
-    from .client import wait as wait_for
 
     target = migrations.prepare(dsn)
     with _database.connect(target) as conn:
@@ -386,7 +384,7 @@ def backfill(
             if progress is not None:
                 progress(min(i + 500, len(ticks)), len(ticks))
     if wait is not None and summary.job_ids and not dry_run:
-        for job in wait_for(summary.job_ids, wait, dsn=target):
+        for job in client.wait(summary.job_ids, wait, dsn=target):
             if job.status == "complete":
                 summary.succeeded += 1
             elif job.status in ("failed", "aborted"):

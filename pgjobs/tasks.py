@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from .client import OPTION_NAMES, enqueue, enqueue_async, job
 from .errors import PgjobsError, UnknownTaskError
 
 P = ParamSpec("P")
@@ -36,20 +37,14 @@ class Task(Generic[P, R]):
 
     def job(self, *args: Any, **kwargs: Any) -> Any:
         """Describe a run of this task for enqueue_many (see pgjobs.job)."""
-        from .client import job
-
         return job(self, *args, **kwargs)
 
     def enqueue(self, *args: Any, **kwargs: Any) -> Any:
         """Enqueue a run of this task (see pgjobs.enqueue); the decorator's options are defaults."""
-        from .client import enqueue
-
         return enqueue(self, *args, **kwargs)
 
     async def enqueue_async(self, *args: Any, **kwargs: Any) -> Any:
         """The async twin of enqueue()."""
-        from .client import enqueue_async
-
         return await enqueue_async(self, *args, **kwargs)
 
 
@@ -73,8 +68,6 @@ def task(
     :param pass_job: call the function with the running Job as its first argument.
     :param options: default enqueue options (queue, priority, retries, timeout…).
     """
-    from .client import OPTION_NAMES
-
     unknown = set(options) - OPTION_NAMES
     if unknown:
         raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
