@@ -1,7 +1,7 @@
 """pgjobs against its peers (PgQueuer, procrastinate) on the same PostgreSQL, same no-op task.
 
     bash bench/run [--dsn DSN] [--repeat 3] [--systems pgjobs,pgqueuer,procrastinate]
-                   [--scenarios enqueue,throughput,latency,backlog,groups,sustained] [--quick]
+                   [--scenarios enqueue,throughput,latency,backlog,drain,groups,sustained] [--quick]
 
 Every measurement starts from a fresh database created on the server of --dsn (default:
 PGJOBS_DSN, else the embedded server); systems take turns within each repetition and each figure
@@ -29,12 +29,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.systems import LATENCY_FILE, SYSTEMS, System  # noqa: E402
-from pgjobs import _database  # noqa: E402
+from pgjobs import _database, _sql  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
@@ -127,6 +129,60 @@ def pgbench_update_rate(dsn: str, seconds: int = 5) -> float | None:
         if line.startswith("tps"):
             return float(line.split("=")[1].split()[0])
     return None
+
+
+# ------------------------------------------------------------------------------------------------
+# pgjobs in SQL alone (the drain scenario): its functions called the way a worker calls them
+# ------------------------------------------------------------------------------------------------
+async def sql_enqueue(conn: psycopg.AsyncConnection[Any], queue: str, n: int, batch: int = 1000) -> None:
+    """Enqueue n no-op jobs on queue with pgjobs.enqueue_many, `batch` jobs a call."""
+    for start in range(0, n, batch):
+        jobs = [{"task": "bench.noop", "queue": queue}] * min(batch, n - start)
+        await conn.execute(_sql.query("job_enqueue_many"), {"jobs": Jsonb(jobs)})
+
+
+async def sql_drain(conns: list[psycopg.AsyncConnection[Any]], queue: str, batch: int = 50) -> tuple[int, float]:
+    """Claim and complete the jobs of queue from every connection at once, with the worker's own
+    queries (dequeue, then complete_many with the claimed attempts and no results), each connection
+    until a claim comes back empty. Returns the jobs completed and the seconds it took."""
+
+    async def client(conn: psycopg.AsyncConnection[Any], worker_id: str) -> int:
+        completed = 0
+        async with conn.cursor(row_factory=dict_row) as cur:
+            while True:
+                params = {"worker_id": worker_id, "queues": [queue], "max_jobs": batch}
+                rows = await (await cur.execute(_sql.query("job_dequeue"), params)).fetchall()
+                if not rows:
+                    return completed
+                params = {"ids": [r["id"] for r in rows], "results": None, "attempts": [r["attempts"] for r in rows]}
+                ours = await (await cur.execute(_sql.query("job_complete_many"), params)).fetchall()
+                if len(ours) != len(rows):
+                    raise RuntimeError(f"{worker_id} completed {len(ours)} of the {len(rows)} jobs it claimed")
+                completed += len(ours)
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(client(c, f"bench-drain-{i}") for i, c in enumerate(conns)))
+    return sum(counts), time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def bystander_worker(system: System, dsn: str, queue: str = "other") -> Iterator[None]:
+    """A real worker on a queue that gets no jobs, as in any deployment: its heartbeats, reaper and
+    scheduler run beside what is measured. Up (registered) on entry, stopped with SIGTERM on exit."""
+    command = [*system.worker_command(dsn, 10), "--queue", queue]  # 10: the CLI's default concurrency
+    worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 60
+            while conn.execute("SELECT FROM pgjobs.workers WHERE status = 'running'").rowcount == 0:
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the {system.name} worker on queue {queue} did not start")
+                time.sleep(0.1)
+        yield
+        if worker.poll() is not None:
+            raise RuntimeError(f"the {system.name} worker on queue {queue} exited during the measurement")
+    finally:
+        stop([worker])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,6 +307,74 @@ class Bench:
                     system.fill(dsn, big, finished=True)
                     system.fill(dsn, drain)
                     history.add(system.name, drain_rate(system, dsn, drain, 2, 50) / small)
+
+    def drain(self) -> None:
+        """pgjobs only, in SQL alone (the peers have no SQL API to claim and complete with): two
+        connections claim and complete 10,000 jobs on an empty queue, then `big` jobs, then at once
+        10,000 more, whose rate is compared with the first (the `big` finished jobs and their dead
+        rows are left to autovacuum). A worker on another queue runs throughout."""
+        big = 100_000 if self.quick else 1_000_000
+        n = 10_000
+        empty = self.row(f"drain SQL-only {n // 1000}k, empty queue", "jobs/s")
+        after = self.row(f"drain SQL-only {n // 1000}k, after {big:,} finished", "jobs/s")
+        ratio = self.row("drain ratio", "ratio", target=">= 0.9")
+        before = f"before the last {n // 1000}k"
+        dead = self.row(f"drain: dead tuples of pgjobs.jobs {before}", "rows", higher_is_better=False)
+        live = self.row(f"drain: live tuples of pgjobs.jobs {before}", "rows", higher_is_better=False)
+        table = self.row(f"drain: pgjobs.jobs table {before}", "MB", higher_is_better=False)
+        indexes = self.row(f"drain: pgjobs.jobs indexes {before}", "MB", higher_is_better=False)
+        for _, system in self.turns():
+            if system.name != "pgjobs":
+                continue
+            with fresh_database(self.server, system) as dsn, bystander_worker(system, dsn):
+                seconds, stats = asyncio.run(self._drain_sql(dsn, n, big))
+            empty.add(system.name, n / seconds["empty"])
+            after.add(system.name, n / seconds["after"])
+            ratio.add(system.name, seconds["empty"] / seconds["after"])
+            dead.add(system.name, stats["n_dead_tup"])
+            live.add(system.name, stats["n_live_tup"])
+            table.add(system.name, stats["table"] / 1e6)
+            indexes.add(system.name, stats["indexes"] / 1e6)
+            print(
+                f"  drain {system.name}: {n:,} in {seconds['empty']:.2f} s; {big:,} in {seconds['history']:.1f} s "
+                f"({big / seconds['history']:,.0f} jobs/s); {n:,} in {seconds['after']:.2f} s; pgjobs.jobs "
+                f"autovacuumed {stats['autovacuum_count']} times, autoanalyzed {stats['autoanalyze_count']} "
+                f"(autovacuum = {stats['autovacuum']} on this server)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    async def _drain_sql(self, dsn: str, n: int, big: int) -> tuple[dict[str, float], dict[str, Any]]:
+        """The drain scenario on one database: seconds of each drain, and the jobs table's statistics
+        and sizes right before the last one."""
+        conns = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(3)]
+        feeder, clients = conns[0], conns[1:]
+        seconds: dict[str, float] = {}
+        stats: dict[str, Any] | None = None
+        try:
+            for phase, count in (("empty", n), ("history", big), ("after", n)):
+                await sql_enqueue(feeder, "drain", count)
+                if phase == "after":
+                    # Each session sends its table statistics when it next goes idle (PostgreSQL 15+).
+                    for conn in conns:
+                        if conn.info.server_version >= 150000:
+                            await conn.execute("SELECT pg_stat_force_next_flush()")
+                    async with feeder.cursor(row_factory=dict_row) as cur:
+                        await cur.execute(
+                            """SELECT n_dead_tup, n_live_tup, autovacuum_count, autoanalyze_count,
+                                      pg_relation_size(relid) AS table, pg_indexes_size(relid) AS indexes,
+                                      current_setting('autovacuum') AS autovacuum
+                               FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs'::regclass"""
+                        )
+                        stats = await cur.fetchone()
+                done, seconds[phase] = await sql_drain(clients, "drain")
+                if done != count:
+                    raise RuntimeError(f"the {phase} drain completed {done:,} jobs, not {count:,}")
+        finally:
+            for conn in conns:
+                await conn.close()
+        assert stats is not None
+        return seconds, stats
 
     def groups(self) -> None:
         n = 5_000 if self.quick else 20_000
@@ -381,7 +505,7 @@ def main() -> None:
     parser.add_argument("--dsn", help="server to create benchmark databases on (default: PGJOBS_DSN or embedded)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--systems", default="pgjobs,pgqueuer,procrastinate")
-    parser.add_argument("--scenarios", default="enqueue,throughput,latency,backlog,groups,sustained")
+    parser.add_argument("--scenarios", default="enqueue,throughput,latency,backlog,drain,groups,sustained")
     parser.add_argument("--quick", action="store_true", help="small sizes, a 30 s sustained run")
     parser.add_argument("--full", action="store_true", help="also drain 200,000 jobs")
     args = parser.parse_args()
