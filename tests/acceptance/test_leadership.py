@@ -19,16 +19,18 @@ HEART_RATE = 0.5
 REAP_INTERVAL = 0.5
 
 
-def worker(dsn: str, log_dir: Path, *extra: str) -> Process:
+def worker(dsn: str, log_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Process:
+    """A worker with six slots and fast liveness (heart rate and reaper every 0.5 s)."""
     return Process(
         "worker", "tests.acceptance.tasks", "--dsn", dsn, "-c", "6", "--heart-rate", str(HEART_RATE),
         "--reap-interval", str(REAP_INTERVAL), "--poll-interval", "0.2", *extra,
-        env={"PGJOBS_ACCEPTANCE_LOG": str(log_dir)},
+        env={"PGJOBS_ACCEPTANCE_LOG": str(log_dir), **(env or {})},
     )  # fmt: skip
 
 
-def worker_id(dsn: str, pid: int) -> str:
-    rows = query(dsn, "SELECT id FROM pgjobs.workers WHERE pid = %s AND status = 'running'", [pid])
+def worker_id(dsn: str, pid: int, status: str = "running") -> str:
+    """The id of the process's worker while it has that status ("" otherwise)."""
+    rows = query(dsn, "SELECT id FROM pgjobs.workers WHERE pid = %s AND status = %s", [pid, status])
     return str(rows[0]["id"]) if rows else ""
 
 

@@ -17,33 +17,11 @@ import pgjobs
 from tests.cluster import HOSTS, Cluster
 from tests.partition import Partition
 
-from .helpers import Process
 from .tasks import read_spans
 from .test_crashes import query, wait_until
+from .test_leadership import leader, worker, worker_id
 
 pytestmark = pytest.mark.acceptance
-
-HEART_RATE = 0.5
-REAP_INTERVAL = 0.5
-
-
-def worker(dsn: str, log_dir: Path, *extra: str, env: dict[str, str] | None = None) -> Process:
-    return Process(
-        "worker", "tests.acceptance.tasks", "--dsn", dsn, "-c", "6", "--heart-rate", str(HEART_RATE),
-        "--reap-interval", str(REAP_INTERVAL), "--poll-interval", "0.2", *extra,
-        env={"PGJOBS_ACCEPTANCE_LOG": str(log_dir), **(env or {})},
-    )  # fmt: skip
-
-
-def worker_id(dsn: str, pid: int) -> str:
-    rows = query(dsn, "SELECT id FROM pgjobs.workers WHERE pid = %s ORDER BY started_at DESC LIMIT 1", [pid])
-    return str(rows[0]["id"]) if rows else ""
-
-
-def leader(dsn: str) -> str | None:
-    rows = query(dsn, "SELECT holder FROM pgjobs.leases WHERE name = 'reaper' AND expires_at > now()")
-    return rows[0]["holder"] if rows else None
-
 
 HELD = "SELECT count(*) AS n FROM pgjobs.jobs WHERE status = 'active' AND worker_id = %s"
 DONE_BY = "SELECT count(*) AS n FROM pgjobs.jobs WHERE status = 'complete' AND worker_id = %s"
