@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import secrets
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -33,12 +34,17 @@ class ReaperConfig:
     :param grace_multiplier: a worker is dead when its heartbeat is older than this many heart rates.
     :param lease_ttl: seconds the leader's lease lasts after each pass; when it runs out another
         worker takes over. Default: 3 intervals, so one or two late passes do not cost the lease.
+    :param vacuum_threshold: after a pass, the leader VACUUMs ``pgjobs.jobs`` once it has this many
+        dead tuples (0: never). Every claim walks the index entries of the jobs claimed since the
+        last vacuum, and autovacuum (a minute apart at best, off on some servers) falls behind a
+        queue; with the visibility map a vacuum this frequent costs little.
     """
 
     interval: float = 5.0
     batch_size: int = 1000
     grace_multiplier: float = 2.1
     lease_ttl: float | None = None
+    vacuum_threshold: int = 10_000
 
     @property
     def ttl(self) -> float:
@@ -82,6 +88,8 @@ class Reaper:
         self.config = config
         self.holder = holder or f"reaper:{secrets.token_hex(4)}"
         self.leader = False
+        self.vacuums = 0
+        self._may_vacuum: bool | None = None  # asked once: only the table's owner may VACUUM it
         self._own_pool = pool is None
         self._pool = pool or _database.Pool(dsn, owner=self.holder)
 
@@ -117,6 +125,26 @@ class Reaper:
             )  # fmt: skip
         return counts
 
+    async def vacuum_if_due(self) -> bool:
+        """VACUUM the jobs table when it holds vacuum_threshold dead tuples and this role may;
+        True when it did. SKIP_LOCKED: a vacuum already under way (autovacuum) is not waited for."""
+        if not self.config.vacuum_threshold or self._may_vacuum is False:
+            return False
+        async with self._pool.connection("vacuum") as conn:
+            (row,) = await _database.fetch_async(conn, _sql.query("jobs_dead_tuples"))
+            if self._may_vacuum is None:
+                self._may_vacuum = bool(row["may_vacuum"])
+                if not self._may_vacuum:
+                    logger.info("this role does not own pgjobs.jobs: the reaper leaves vacuuming to autovacuum")
+                    return False
+            if row["dead"] < self.config.vacuum_threshold:
+                return False
+            began = time.monotonic()
+            await conn.execute(_sql.query("jobs_vacuum"))
+        self.vacuums += 1
+        logger.debug("vacuumed pgjobs.jobs (%d dead tuples) in %.2f s", row["dead"], time.monotonic() - began)
+        return True
+
     async def resign(self) -> None:
         """Hand the lease back, so that another worker takes over at its next pass, not after the ttl."""
         if not self.leader:
@@ -135,8 +163,11 @@ class Reaper:
                 counts = None
                 try:
                     counts = await self.run_once()
+                    if counts is not None:
+                        await self.vacuum_if_due()
                 except psycopg.Error as exc:  # a bad pass is logged; the next one tries again
-                    logger.error("reaper pass failed: %s", _database.first_line(exc))
+                    if not _database.transient(exc):
+                        logger.error("reaper pass failed: %s", _database.first_line(exc))
                 if counts is not None and counts.full(self.config.batch_size):
                     # More is waiting than a pass may take (finished jobs come faster than
                     # batch_size an interval): go on at once, or the table would grow unbounded.

@@ -99,6 +99,17 @@ SELECT * FROM pgjobs.reap(%(batch_size)s, %(grace)s);
 -- One reaper pass if holder holds (or takes) the reaper's lease; one row: leader, then the counts.
 SELECT * FROM pgjobs.reap_as(%(holder)s, %(lease_ttl)s, %(batch_size)s, %(grace)s);
 
+-- name: jobs_dead_tuples
+-- Dead tuples of the jobs table (statistics, a moment late), and whether this role may VACUUM it.
+SELECT coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs'::regclass), 0) AS dead,
+       (SELECT pg_has_role(current_user, c.relowner, 'MEMBER') FROM pg_class c WHERE c.oid = 'pgjobs.jobs'::regclass)
+       OR EXISTS (SELECT FROM pg_roles r WHERE r.rolname = 'pg_maintain' AND pg_has_role(current_user, r.oid, 'MEMBER'))
+       AS may_vacuum;
+
+-- name: jobs_vacuum
+-- Vacuum the jobs table (outside a transaction), skipping it when another vacuum holds it.
+VACUUM (SKIP_LOCKED) pgjobs.jobs;
+
 -- name: lease_release
 -- Hand a lease back so that another worker takes it at once.
 SELECT pgjobs.lease_release(%(name)s, %(holder)s) AS released;

@@ -3,12 +3,15 @@ and checked in the transaction of each pass, so that a deposed leader changes no
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
+import pgjobs
 from pgjobs import _database, _sql
 
 from .test_liveness_sql import claim, job, one, register, silence
@@ -101,3 +104,48 @@ def test_workers_shows_the_leader(conn: Conn) -> None:
     assert sorted((r["id"], r["leader"]) for r in rows) == [("w1", False), ("w2", True)]
     expire(conn)
     assert not any(r["leader"] for r in _database.fetch(conn, _sql.query("worker_list")))
+
+
+def churn(conn: Conn, n: int) -> None:
+    """Enqueue, claim and complete n jobs: each leaves dead tuples behind."""
+    conn.execute("SELECT pgjobs.enqueue_many(%s)", [Jsonb([{"task": "t"}] * n)])
+    conn.execute("SELECT pgjobs.worker_register('w', 'h', 1, 'u', '{default}', 1, 60)")
+    ids = [r["id"] for r in conn.execute("SELECT id FROM pgjobs.dequeue('w', '{default}', %s)", [n])]
+    conn.execute("SELECT pgjobs.complete_many(%s)", [ids])
+
+
+def manual_vacuums(conn: Conn) -> int:
+    return int(one(conn, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs'::regclass"))
+
+
+def test_the_leader_vacuums_the_jobs_table_once_enough_is_dead(dsn: str, conn: Conn) -> None:
+    async def main() -> int:
+        reaper = pgjobs.Reaper(dsn, pgjobs.ReaperConfig(vacuum_threshold=200))
+        try:
+            assert await reaper.run_once() is not None  # the leader
+            for _ in range(100):  # statistics reach the counters a moment late
+                if await reaper.vacuum_if_due():
+                    return reaper.vacuums
+                await asyncio.sleep(0.1)
+            return reaper.vacuums
+        finally:
+            await reaper._pool.close()
+
+    before = manual_vacuums(conn)
+    churn(conn, 300)
+    assert asyncio.run(main()) == 1
+    assert manual_vacuums(conn) == before + 1
+
+
+def test_a_role_that_does_not_own_the_table_leaves_vacuuming_to_autovacuum(login: Any, conn: Conn) -> None:
+    worker = login("pgjobs_worker")
+    churn(conn, 300)
+
+    async def main() -> bool:
+        reaper = pgjobs.Reaper(worker.info.dsn, pgjobs.ReaperConfig(vacuum_threshold=1))
+        try:
+            return await reaper.vacuum_if_due()
+        finally:
+            await reaper._pool.close()
+
+    assert asyncio.run(main()) is False
