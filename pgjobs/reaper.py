@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import psycopg
 
 from . import _database, _sql
+from .errors import ConfigurationError
 
 logger = logging.getLogger("pgjobs.reaper")
 
@@ -86,6 +87,7 @@ class Reaper:
         pool: _database.Pool | None = None,
     ) -> None:
         self.config = config
+        self.dsn = dsn
         self.holder = holder or f"reaper:{secrets.token_hex(4)}"
         self.leader = False
         self.vacuums = 0
@@ -127,20 +129,30 @@ class Reaper:
 
     async def vacuum_if_due(self) -> bool:
         """VACUUM the jobs table when it holds vacuum_threshold dead tuples and this role may;
-        True when it did. SKIP_LOCKED: a vacuum already under way (autovacuum) is not waited for."""
+        True when it did. SKIP_LOCKED: a vacuum already under way (autovacuum) is not waited for.
+        The VACUUM runs on a session of its own, opened for it: on a big table it takes seconds,
+        which the shared connection's heartbeats and claims must not wait for."""
         if not self.config.vacuum_threshold or self._may_vacuum is False:
             return False
         async with self._pool.connection("vacuum") as conn:
             (row,) = await _database.fetch_async(conn, _sql.query("jobs_dead_tuples"))
-            if self._may_vacuum is None:
-                self._may_vacuum = bool(row["may_vacuum"])
-                if not self._may_vacuum:
-                    logger.info("this role does not own pgjobs.jobs: the reaper leaves vacuuming to autovacuum")
-                    return False
-            if row["dead"] < self.config.vacuum_threshold:
+        if self._may_vacuum is None:
+            self._may_vacuum = bool(row["may_vacuum"])
+            if not self._may_vacuum:
+                logger.info("this role does not own pgjobs.jobs: the reaper leaves vacuuming to autovacuum")
                 return False
-            began = time.monotonic()
-            await conn.execute(_sql.query("jobs_vacuum"))
+        if row["dead"] < self.config.vacuum_threshold:
+            return False
+        began = time.monotonic()
+        try:
+            session = await _database.connect_async(self.dsn, name=f"pgjobs vacuum {self.holder}")
+        except ConfigurationError as exc:  # no free slot, say: the next pass tries again
+            logger.debug("no session to vacuum pgjobs.jobs: %s", exc)
+            return False
+        try:
+            await session.execute(_sql.query("jobs_vacuum"))
+        finally:
+            await session.close()
         self.vacuums += 1
         logger.debug("vacuumed pgjobs.jobs (%d dead tuples) in %.2f s", row["dead"], time.monotonic() - began)
         return True
