@@ -259,8 +259,8 @@ class Link:
         self.outage = outage or Outage()
         self.conn: psycopg.AsyncConnection[Row] | None = None
 
-    async def get(self, deadline: float | None = None) -> psycopg.AsyncConnection[Row]:
-        """The connection, reconnecting until it works (or, past the monotonic deadline, raising)."""
+    async def get(self) -> psycopg.AsyncConnection[Row]:
+        """The connection, reconnecting with backoff until it works (an outage is reported, not raised)."""
         while self.conn is None or self.conn.closed:
             try:
                 conn = await connect_async(self.dsn, name=self.application_name)
@@ -275,8 +275,6 @@ class Link:
                 if not (isinstance(exc, ConfigurationError) or transient(exc)):
                     raise
                 self.outage.failed(f"{self.name} connection", exc)
-                if deadline is not None and time.monotonic() > deadline:
-                    raise
                 await self.outage.backoff()
         return self.conn
 
