@@ -1,12 +1,18 @@
-"""Numbered schema migrations: discovered in ``sql/migrations``, recorded in ``pgjobs.migrations``.
+"""Schema migrations: numbered ones in ``sql/migrations``, then the schema files in ``sql/schema``.
 
-Each migration is a ``NNNN_name.up.sql`` file with a ``NNNN_name.down.sql`` twin. They are applied in
-order, each in its own transaction, under an advisory lock so that two processes migrating at once are
-safe. Applying again is a no-op.
+Each migration is a ``NNNN_name.up.sql`` file, with a ``NNNN_name.down.sql`` twin unless it cannot be
+rolled back. They are applied in order, each in its own transaction, under an advisory lock so that
+two processes migrating at once are safe, and recorded in ``pgjobs.migrations``. Migrations hold
+tables, types, indexes and data moves; from 0008 on, functions, triggers and policies live in
+``sql/schema/*.sql`` (their current text, one file per concern), applied with ``CREATE OR REPLACE``
+after the migrations whenever their digest differs from the one recorded, in the transaction of
+the last migration. Functions the files no longer define are dropped there. Applying again is a
+no-op.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -20,6 +26,9 @@ from .errors import PgjobsError, SchemaError
 logger = logging.getLogger("pgjobs.migrations")
 
 _FILE = re.compile(r"^(\d{4})_(\w+)\.up\.sql$")
+
+#: The first migration after which sql/schema holds the functions.
+SCHEMA_FILES_FROM = 8
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,24 @@ class Migration:
     @property
     def down(self) -> str:
         return _sql.read(f"migrations/{self.version:04d}_{self.name}.down.sql")
+
+    @property
+    def reversible(self) -> bool:
+        """False for a migration shipped without a down file."""
+        return (_sql.SQL_DIR / "migrations" / f"{self.version:04d}_{self.name}.down.sql").is_file()
+
+
+def schema_files() -> list[tuple[str, str]]:
+    """The files of ``sql/schema`` in the order they apply: (name, text)."""
+    return [(p.name, p.read_text(encoding="utf-8")) for p in sorted((_sql.SQL_DIR / "schema").glob("*.sql"))]
+
+
+def schema_digest() -> str:
+    """A digest of the ``sql/schema`` files: when it differs from the database's, they apply again."""
+    h = hashlib.sha256()
+    for name, text in schema_files():
+        h.update(name.encode() + b"\0" + text.encode() + b"\0")
+    return h.hexdigest()
 
 
 def available() -> list[Migration]:
@@ -102,23 +129,56 @@ def migrate_connection(conn: psycopg.Connection[_database.Row], *, target: int |
         with conn.transaction():
             conn.execute(sql.SQL(_sql.read("bootstrap.sql")))
         done = set(applied(conn))
-        for m in migrations:
-            if m.version <= target and m.version not in done:
-                with conn.transaction():
-                    conn.execute(sql.SQL(m.up))
-                    _database.fetch(conn, _sql.query("migration_record"), {"version": m.version, "name": m.name})
-                logger.info("applied migration %04d_%s", m.version, m.name)
-                changed.append(m.version)
+        blocked = [m for m in migrations if m.version > target and m.version in done and not m.reversible]
+        if blocked:
+            raise PgjobsError(
+                f"migration {blocked[-1].version:04d}_{blocked[-1].name} cannot be rolled back: "
+                f"versions go down to {blocked[-1].version} at most (restore a backup to go further)"
+            )
+        pending = [m for m in migrations if m.version <= target and m.version not in done]
+        with_files = target >= SCHEMA_FILES_FROM
+        if not pending and with_files and _database.fetch(conn, _sql.query("schema_files_digest"))[0]["digest"] != (
+            schema_digest()
+        ):
+            with conn.transaction():
+                _apply_schema_files(conn)
+        for m in pending:
+            with conn.transaction():
+                conn.execute(sql.SQL(m.up))
+                _database.fetch(conn, _sql.query("migration_record"), {"version": m.version, "name": m.name})
+                if m is pending[-1] and with_files:
+                    _apply_schema_files(conn)
+            logger.info("applied migration %04d_%s", m.version, m.name)
+            changed.append(m.version)
         for m in reversed(migrations):
             if m.version > target and m.version in done:
                 with conn.transaction():
                     conn.execute(sql.SQL(m.down))
                     _database.fetch(conn, _sql.query("migration_forget"), {"version": m.version})
+                    if m.version > SCHEMA_FILES_FROM:
+                        _database.fetch(conn, _sql.query("schema_files_forget"))
                 logger.info("rolled back migration %04d_%s", m.version, m.name)
                 changed.append(-m.version)
+        if changed and changed[-1] < 0:
+            logger.warning("the functions are still this version's: run `pgjobs migrate` of the version rolled back to")
     finally:
         _database.fetch(conn, _sql.query("migration_unlock"))
     return changed
+
+
+def _apply_schema_files(conn: psycopg.Connection[_database.Row]) -> None:
+    """Apply sql/schema in the caller's transaction, then drop the functions it no longer defines."""
+    for name, text in schema_files():
+        try:
+            conn.execute(sql.SQL(text))  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise SchemaError(f"sql/schema/{name} failed: {exc}") from exc
+    for row in _database.fetch(conn, _sql.query("schema_functions_obsolete")):
+        conn.execute(sql.SQL("DROP FUNCTION {}").format(sql.SQL(row["signature"])))
+        logger.info("dropped function %s, which sql/schema no longer defines", row["signature"])
+    _database.fetch(conn, _sql.query("schema_harden"))
+    _database.fetch(conn, _sql.query("schema_files_record"), {"digest": schema_digest()})
+    logger.info("applied sql/schema (%d files)", len(schema_files()))
 
 
 _prepared: set[str] = set()

@@ -68,6 +68,29 @@ INSERT INTO pgjobs.migrations (version, name) VALUES (%(version)s, %(name)s);
 -- Forget one migration that was rolled back.
 DELETE FROM pgjobs.migrations WHERE version = %(version)s;
 
+-- name: schema_files_digest
+-- The digest of the sql/schema files last applied (NULL before migration 0008, or after a rollback).
+SELECT (SELECT f.digest FROM pgjobs.schema_files f) AS digest;
+
+-- name: schema_files_record
+-- Record the digest of the sql/schema files just applied.
+WITH cleared AS (DELETE FROM pgjobs.schema_files)
+INSERT INTO pgjobs.schema_files (digest) VALUES (%(digest)s);
+
+-- name: schema_files_forget
+-- Forget the applied sql/schema files (a rollback leaves functions another version must apply).
+DELETE FROM pgjobs.schema_files;
+
+-- name: schema_functions_obsolete
+-- Functions of the pgjobs schema that this transaction did not create or replace: sql/schema
+-- no longer defines them.
+SELECT p.oid::regprocedure::text AS signature FROM pg_proc p
+WHERE p.pronamespace = 'pgjobs'::regnamespace AND p.xmin <> pg_current_xact_id()::xid;
+
+-- name: schema_harden
+-- Pin and grant every function (after sql/schema is applied).
+SELECT pgjobs.harden();
+
 -- name: migration_lock
 -- Serialise migrations: a session-level advisory lock (class 1885957987 is pgjobs' migrations).
 SELECT pg_advisory_lock(1885957987, 0);
@@ -100,15 +123,15 @@ SELECT * FROM pgjobs.reap(%(batch_size)s, %(grace)s);
 SELECT * FROM pgjobs.reap_as(%(holder)s, %(lease_ttl)s, %(batch_size)s, %(grace)s);
 
 -- name: jobs_dead_tuples
--- Dead tuples of the jobs table (statistics, a moment late), and whether this role may VACUUM it.
-SELECT coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs'::regclass), 0) AS dead,
-       (SELECT pg_has_role(current_user, c.relowner, 'MEMBER') FROM pg_class c WHERE c.oid = 'pgjobs.jobs'::regclass)
+-- Dead tuples of the hot jobs table (statistics, a moment late), and whether this role may VACUUM it.
+SELECT coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs_live'::regclass), 0) AS dead,
+       (SELECT pg_has_role(current_user, c.relowner, 'MEMBER') FROM pg_class c WHERE c.oid = 'pgjobs.jobs_live'::regclass)
        OR EXISTS (SELECT FROM pg_roles r WHERE r.rolname = 'pg_maintain' AND pg_has_role(current_user, r.oid, 'MEMBER'))
        AS may_vacuum;
 
 -- name: jobs_vacuum
--- Vacuum the jobs table (outside a transaction), skipping it when another vacuum holds it.
-VACUUM (SKIP_LOCKED) pgjobs.jobs;
+-- Vacuum the hot jobs table (outside a transaction), skipping it when another vacuum holds it.
+VACUUM (SKIP_LOCKED) pgjobs.jobs_live;
 
 -- name: lease_release
 -- Hand a lease back so that another worker takes it at once.

@@ -115,10 +115,10 @@ def churn(conn: Conn, n: int) -> None:
 
 
 def manual_vacuums(conn: Conn) -> int:
-    return int(one(conn, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs'::regclass"))
+    return int(one(conn, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs_live'::regclass"))
 
 
-def test_the_leader_vacuums_the_jobs_table_once_enough_is_dead(dsn: str, conn: Conn) -> None:
+def test_the_leader_vacuums_the_hot_jobs_table_once_enough_is_dead(dsn: str, conn: Conn) -> None:
     async def main() -> int:
         reaper = pgjobs.Reaper(dsn, pgjobs.ReaperConfig(vacuum_threshold=200))
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import time
 from typing import Any
 
@@ -188,21 +190,64 @@ def test_touch_records_progress_and_merges_meta(conn: Conn) -> None:
         conn.execute("SELECT pgjobs.touch(%s, 1, 7)", [job_id])
 
 
-def test_retention_deletes_finished_jobs_past_their_ttl(conn: Conn) -> None:
+def partitions(conn: Conn) -> set[str]:
+    return {
+        r["relname"]
+        for r in conn.execute(
+            """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+               WHERE i.inhparent = 'pgjobs.jobs_done'::regclass"""
+        )
+    }
+
+
+def test_finished_jobs_move_to_history_and_stay_readable(conn: Conn) -> None:
+    a = one(conn, "SELECT pgjobs.enqueue('t', ttl => 3600)")
+    b = one(conn, "SELECT pgjobs.enqueue('t', ttl => 0)")
+    c = one(conn, "SELECT pgjobs.enqueue('t')")
+    claim(conn, "w1", 3)
+    conn.execute("""SELECT pgjobs.complete(%s, '{"x": 1}')""", [a])
+    conn.execute("SELECT pgjobs.fail(%s, 'no', retry => false)", [b])
+
+    def where() -> dict[int, tuple[str, str, bool]]:
+        rows = conn.execute("SELECT id, tableoid::regclass::text AS part, status, expires_at FROM pgjobs.jobs")
+        return {r["id"]: (r["part"], r["status"], r["expires_at"] is not None) for r in rows}
+
+    # Until the reaper's next pass, finished jobs stay in the hot table.
+    assert where() == {a: ("pgjobs.jobs_live", "complete", False), b: ("pgjobs.jobs_live", "failed", False),
+                       c: ("pgjobs.jobs_live", "active", False)}  # fmt: skip
+    reap(conn)
+    now = where()
+    assert now[a][0].startswith("pgjobs.jobs_done_2") and now[a][1:] == ("complete", True)
+    assert now[b] == ("pgjobs.jobs_done_kept", "failed", True)
+    assert now[c] == ("pgjobs.jobs_live", "active", False)
+    assert job(conn, a)["result"] == {"x": 1} and job(conn, b)["error"] == "no"
+    assert one(conn, "SELECT expires_at - completed_at FROM pgjobs.jobs WHERE id = %s", [a]) == dt.timedelta(hours=1)
+
+
+def test_retention_drops_past_days_and_deletes_what_is_not_kept(conn: Conn) -> None:
     keep_forever = one(conn, "SELECT pgjobs.enqueue('t', ttl => 0)")
     not_kept = one(conn, "SELECT pgjobs.enqueue('t', ttl => -1)")
-    expires = one(conn, "SELECT pgjobs.enqueue('t', ttl => 60)")
+    expired = one(conn, "SELECT pgjobs.enqueue('t', ttl => 60)")
     fresh = one(conn, "SELECT pgjobs.enqueue('t', ttl => 60)")
+    stray = one(conn, "SELECT pgjobs.enqueue('t', ttl => 60)")
     unfinished = one(conn, "SELECT pgjobs.enqueue('t', ttl => -1, priority => 9)")
-    claim(conn, "w1", 4)
-    conn.execute("SELECT pgjobs.complete_many(%s)", [[keep_forever, not_kept, expires, fresh]])
-    conn.execute(
-        "UPDATE pgjobs.jobs SET completed_at = now() - interval '1 day' WHERE id IN (%s, %s)",
-        [keep_forever, expires],
-    )
-    assert reap(conn)["deleted_jobs"] == 2
+    claim(conn, "w1", 5)
+    conn.execute("SELECT pgjobs.complete_many(%s)", [[keep_forever, not_kept, expired, fresh, stray]])
+    # A pass as if three days ago: history made from that day on; the job not kept is deleted.
+    assert one(conn, "SELECT pgjobs._history_upkeep(1000, 7, now() - interval '3 days')") == 1
+    two_days_ago = one(conn, "SELECT to_char(now() - interval '2 days', 'YYYYMMDD')")
+    assert f"jobs_done_{two_days_ago}" in partitions(conn)
+    conn.execute("UPDATE pgjobs.jobs SET expires_at = now() - interval '2 days' WHERE id = %s", [expired])
+    # Older than any day made: it waits in jobs_done_other, deleted row by row once expired.
+    conn.execute("UPDATE pgjobs.jobs SET expires_at = now() - interval '10 days' WHERE id = %s", [stray])
+    assert one(conn, "SELECT tableoid::regclass::text FROM pgjobs.jobs WHERE id = %s", [stray]) == "pgjobs.jobs_done_other"
+    conn.execute("UPDATE pgjobs.jobs SET completed_at = now() - interval '1 day' WHERE id = %s", [keep_forever])
+    assert reap(conn)["deleted_jobs"] == 2  # the past day dropped with its job, and stray
     left = {r["id"] for r in conn.execute("SELECT id FROM pgjobs.jobs")}
     assert left == {keep_forever, fresh, unfinished}
+    days = sorted(p for p in partitions(conn) if p[10:].isdigit())
+    today = one(conn, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')")
+    assert days[0] == f"jobs_done_{today}" and len(days) == 8  # today and 7 days ahead, none past
 
 
 def test_every_status_change_is_an_event(conn: Conn) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
 import threading
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
 
 import pgjobs
 from pgjobs import migrations
+from tests.fixtures import _create, _drop
 
 
 def schema_objects(dsn: str) -> list[tuple[str, str]]:
@@ -71,18 +75,91 @@ def test_concurrent_migrations_are_safe(empty_dsn: str) -> None:
 
 
 def test_each_down_migration_restores_the_schema_before_its_up(empty_dsn: str) -> None:
-    latest = migrations.latest_version()
+    last_reversible = migrations.SCHEMA_FILES_FROM - 1
     snapshots = {0: schema_objects(empty_dsn)}
-    for version in range(1, latest + 1):
+    for version in range(1, last_reversible + 1):
         assert pgjobs.migrate(empty_dsn, target=version) == [version]
         snapshots[version] = schema_objects(empty_dsn)
-    for version in range(latest - 1, -1, -1):
+    for version in range(last_reversible - 1, -1, -1):
         assert pgjobs.migrate(empty_dsn, target=version) == [-(version + 1)]
         assert schema_objects(empty_dsn) == snapshots[version] or version == 0
     # Version 0 keeps the schema and the record of migrations, nothing else.
     assert {kind for kind, _ in schema_objects(empty_dsn)} <= {"relation", "column", "index", "constraint"}
-    assert pgjobs.migrate(empty_dsn) == list(range(1, latest + 1))
-    assert schema_objects(empty_dsn) == snapshots[latest]
+    assert pgjobs.migrate(empty_dsn, target=last_reversible) == list(range(1, last_reversible + 1))
+    assert schema_objects(empty_dsn) == snapshots[last_reversible]
+
+
+def test_a_migration_without_a_down_file_is_not_rolled_back(empty_dsn: str) -> None:
+    pgjobs.migrate(empty_dsn)
+    before = schema_objects(empty_dsn)
+    with pytest.raises(pgjobs.PgjobsError, match=r"0008_history cannot be rolled back"):
+        pgjobs.migrate(empty_dsn, target=migrations.SCHEMA_FILES_FROM - 1)
+    assert schema_objects(empty_dsn) == before
+
+
+@pytest.fixture
+def fresh_db(server_dsn: str) -> Iterator[Callable[[], str]]:
+    """Makes more empty databases, dropped after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(f"pgjobs_fresh_{os.getpid()}_{len(made)}")
+        return _create(server_dsn, made[-1])
+
+    yield make
+    for name in made:
+        _drop(server_dsn, name)
+
+
+@pytest.mark.parametrize("start", range(0, migrations.latest_version()))
+def test_an_upgrade_from_any_earlier_version_equals_a_fresh_install(
+    empty_dsn: str, fresh_db: Callable[[], str], start: int
+) -> None:
+    pgjobs.migrate(empty_dsn, target=start)
+    if start >= 1:  # jobs of every status made by that version's own functions
+        with psycopg.connect(empty_dsn, autocommit=True) as conn:
+            ids = [conn.execute("SELECT pgjobs.enqueue('t', ttl => %s)", [t]).fetchone()[0] for t in (0, -1, 60, 60)]  # type: ignore[index]
+            conn.execute("SELECT pgjobs.dequeue('w', ARRAY['default'], 3)")
+            conn.execute("SELECT pgjobs.complete(%s)", [ids[0]])
+            conn.execute("SELECT pgjobs.complete(%s)", [ids[1]])
+    pgjobs.migrate(empty_dsn)
+    fresh = fresh_db()
+    pgjobs.migrate(fresh)
+    assert schema_objects(empty_dsn) == schema_objects(fresh)
+    if start >= 1:
+        with psycopg.connect(empty_dsn, row_factory=psycopg.rows.dict_row) as conn:
+            rows = conn.execute("SELECT id, status, tableoid::regclass::text AS part FROM pgjobs.jobs ORDER BY id").fetchall()
+        # Finished jobs already in history, except the one not kept: the reaper deletes it.
+        assert [(r["status"], r["part"]) for r in rows] == [
+            ("complete", "pgjobs.jobs_done_kept"), ("complete", "pgjobs.jobs_live"),
+            ("active", "pgjobs.jobs_live"), ("queued", "pgjobs.jobs_live"),
+        ]  # fmt: skip
+
+
+def test_each_function_is_defined_in_exactly_one_schema_file(empty_dsn: str) -> None:
+    pgjobs.migrate(empty_dsn)
+    defined: dict[str, list[str]] = {}
+    for name, text in migrations.schema_files():
+        for fn in re.findall(r"^CREATE OR REPLACE FUNCTION pgjobs\.(\w+)\(", text, re.MULTILINE):
+            defined.setdefault(fn, []).append(name)
+        assert not re.search(r"^CREATE FUNCTION", text, re.MULTILINE), name
+    assert {fn: files for fn, files in defined.items() if len(files) > 1} == {}
+    with psycopg.connect(empty_dsn) as conn:
+        in_db = {r[0] for r in conn.execute("SELECT proname FROM pg_proc WHERE pronamespace = 'pgjobs'::regnamespace")}
+    assert in_db == set(defined)
+
+
+def test_schema_files_apply_again_when_changed_and_drop_what_they_no_longer_define(empty_dsn: str) -> None:
+    pgjobs.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION pgjobs.obsolete() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+        conn.execute("CREATE OR REPLACE FUNCTION pgjobs.max_payload() RETURNS bigint LANGUAGE sql AS 'SELECT 1'")
+        assert pgjobs.migrate(empty_dsn) == []  # same digest: nothing applied
+        assert conn.execute("SELECT pgjobs.max_payload()").fetchone() == (1,)
+        conn.execute("UPDATE pgjobs.schema_files SET digest = 'from another release'")
+        assert pgjobs.migrate(empty_dsn) == []
+        assert conn.execute("SELECT pgjobs.max_payload()").fetchone() != (1,)
+        assert conn.execute("SELECT to_regproc('pgjobs.obsolete')").fetchone() == (None,)
 
 
 def test_a_schema_that_is_behind_is_refused_with_the_fix(empty_dsn: str) -> None:

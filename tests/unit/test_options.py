@@ -93,7 +93,8 @@ def test_migrations_are_numbered_without_gaps_and_have_down_files() -> None:
     found = migrations.available()
     assert [m.version for m in found] == list(range(1, len(found) + 1))
     for m in found:
-        assert m.up.strip() and m.down.strip()
+        # 0008 moved the functions to sql/schema: 0007's live only in history, so it cannot go back.
+        assert m.up.strip() and (m.down.strip() if m.version != 8 else not m.reversible)
 
 
 def test_every_named_query_parses() -> None:
