@@ -86,9 +86,10 @@ def drain_rate(system: System, dsn: str, total: int, processes: int, concurrency
                 if left <= leave:
                     last = now
                     break
-                # Counting costs the server in proportion to what is left: look rarely while much
-                # is left (so the count does not steal the CPU it measures), often near the end.
-                time.sleep(0.2 if left - leave > total // 20 else 0.005)
+                # Counting costs the server in proportion to what is left: look rarely until the
+                # last 5% of the jobs to drain (so the count does not steal the CPU it measures),
+                # often near the end.
+                time.sleep(0.2 if left - leave > (total - leave) // 20 else 0.005)
             if first is None or last is None:
                 raise TimeoutError(f"{system.name} did not drain {total - leave} jobs")
             done = first_left - leave
@@ -319,10 +320,10 @@ class Bench:
         after = self.row(f"drain SQL-only {n // 1000}k, after {big:,} finished", "jobs/s")
         ratio = self.row("drain ratio", "ratio", target=">= 0.9")
         before = f"before the last {n // 1000}k"
-        dead = self.row(f"drain: dead tuples of pgjobs.jobs {before}", "rows", higher_is_better=False)
-        live = self.row(f"drain: live tuples of pgjobs.jobs {before}", "rows", higher_is_better=False)
-        table = self.row(f"drain: pgjobs.jobs table {before}", "MB", higher_is_better=False)
-        indexes = self.row(f"drain: pgjobs.jobs indexes {before}", "MB", higher_is_better=False)
+        dead = self.row(f"drain: dead tuples of pgjobs.jobs_live {before}", "rows", higher_is_better=False)
+        live = self.row(f"drain: live tuples of pgjobs.jobs_live {before}", "rows", higher_is_better=False)
+        table = self.row(f"drain: pgjobs.jobs_live table {before}", "MB", higher_is_better=False)
+        indexes = self.row(f"drain: pgjobs.jobs_live indexes {before}", "MB", higher_is_better=False)
         for _, system in self.turns():
             if system.name != "pgjobs":
                 continue
@@ -337,7 +338,7 @@ class Bench:
             indexes.add(system.name, stats["indexes"] / 1e6)
             print(
                 f"  drain {system.name}: {n:,} in {seconds['empty']:.2f} s; {big:,} in {seconds['history']:.1f} s "
-                f"({big / seconds['history']:,.0f} jobs/s); {n:,} in {seconds['after']:.2f} s; pgjobs.jobs "
+                f"({big / seconds['history']:,.0f} jobs/s); {n:,} in {seconds['after']:.2f} s; pgjobs.jobs_live "
                 f"autovacuumed {stats['autovacuum_count']} times, autoanalyzed {stats['autoanalyze_count']} "
                 f"(autovacuum = {stats['autovacuum']} on this server)",
                 file=sys.stderr,
@@ -364,7 +365,7 @@ class Bench:
                             """SELECT n_dead_tup, n_live_tup, autovacuum_count, autoanalyze_count,
                                       pg_relation_size(relid) AS table, pg_indexes_size(relid) AS indexes,
                                       current_setting('autovacuum') AS autovacuum
-                               FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs'::regclass"""
+                               FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs_live'::regclass"""
                         )
                         stats = await cur.fetchone()
                 done, seconds[phase] = await sql_drain(clients, "drain")

@@ -85,7 +85,7 @@ class Pgjobs(System):
     name = "pgjobs"
     supports_groups = True
     keeps_finished = True
-    queue_tables = ("pgjobs.jobs",)
+    queue_tables = ("pgjobs.jobs_live",)  # the hot table; history is in pgjobs.jobs_done
 
     def install(self, dsn: str) -> None:
         import pgjobs

@@ -108,9 +108,9 @@ CREATE INDEX jobs_live_completed_at_idx
 -- every call that names a job: complete, fail, touch, cancel, heartbeats.
 ALTER TABLE pgjobs.jobs_live ADD CONSTRAINT jobs_live_pkey PRIMARY KEY (id);
 
--- History is read by id (job(), refresh(), wait(), SELECT … WHERE id = …), its days made by expiry.
+-- History is read by id (job(), refresh(), wait(), SELECT … WHERE id = …); it is cleared by
+-- dropping whole days, so no index on expires_at.
 CREATE INDEX jobs_done_id_idx ON pgjobs.jobs_done (id);
-CREATE INDEX jobs_done_expires_at_idx ON pgjobs.jobs_done (expires_at);
 
 ALTER TABLE pgjobs.jobs ENABLE ROW LEVEL SECURITY;
 

@@ -290,17 +290,20 @@ BEGIN
     LOOP
         WITH finished AS (
             DELETE FROM pgjobs.jobs_live l
-            WHERE l.id = ANY (ARRAY(SELECT x.id FROM pgjobs.jobs_live x
-                                    WHERE x.status IN ('complete', 'failed', 'aborted')
-                                    ORDER BY x.completed_at LIMIT batch_size * 5))
+            WHERE l.ctid = ANY (ARRAY(SELECT x.ctid FROM pgjobs.jobs_live x
+                                      WHERE x.status IN ('complete', 'failed', 'aborted')
+                                      ORDER BY x.completed_at LIMIT batch_size * 5))
               AND l.status IN ('complete', 'failed', 'aborted')
-            RETURNING l
+            RETURNING l.*
         ), kept AS (
             INSERT INTO pgjobs.jobs_done OVERRIDING SYSTEM VALUE
-            SELECT (jsonb_populate_record(f.l, jsonb_build_object('expires_at',
-                       CASE WHEN (f.l).ttl = 0 THEN '9999-12-31 00:00:00+00'::timestamptz
-                            ELSE coalesce((f.l).completed_at, now()) + make_interval(secs => (f.l).ttl) END))).*
-            FROM finished f WHERE (f.l).ttl <> -1
+            SELECT f.id, f.queue, f.task, f.args, f.status, f.priority, f.group_key, f.key, f.attempts,
+                   f.max_attempts, f.scheduled_at, f.timeout, f.heartbeat, f.retry_delay, f.retry_backoff,
+                   f.ttl, f.progress, f.meta, f.result, f.error, f.worker_id, f.enqueued_at, f.started_at,
+                   f.touched_at, f.completed_at, f.abort_reason, f.enqueued_by,
+                   CASE WHEN f.ttl = 0 THEN '9999-12-31 00:00:00+00'::timestamptz
+                        ELSE coalesce(f.completed_at, now()) + make_interval(secs => f.ttl) END
+            FROM finished f WHERE f.ttl <> -1
             RETURNING 1
         )
         SELECT (SELECT count(*) FROM finished), (SELECT count(*) FROM finished) - (SELECT count(*) FROM kept)
