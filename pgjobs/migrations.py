@@ -137,8 +137,10 @@ def migrate_connection(conn: psycopg.Connection[_database.Row], *, target: int |
             )
         pending = [m for m in migrations if m.version <= target and m.version not in done]
         with_files = target >= SCHEMA_FILES_FROM
-        if not pending and with_files and _database.fetch(conn, _sql.query("schema_files_digest"))[0]["digest"] != (
-            schema_digest()
+        if (
+            not pending
+            and with_files
+            and _database.fetch(conn, _sql.query("schema_files_digest"))[0]["digest"] != (schema_digest())
         ):
             with conn.transaction():
                 _apply_schema_files(conn)
@@ -170,7 +172,7 @@ def _apply_schema_files(conn: psycopg.Connection[_database.Row]) -> None:
     """Apply sql/schema in the caller's transaction, then drop the functions it no longer defines."""
     for name, text in schema_files():
         try:
-            conn.execute(sql.SQL(text))  # type: ignore[arg-type]
+            conn.execute(sql.SQL(text))
         except psycopg.Error as exc:
             raise SchemaError(f"sql/schema/{name} failed: {exc}") from exc
     for row in _database.fetch(conn, _sql.query("schema_functions_obsolete")):

@@ -35,10 +35,13 @@ class ReaperConfig:
     :param grace_multiplier: a worker is dead when its heartbeat is older than this many heart rates.
     :param lease_ttl: seconds the leader's lease lasts after each pass; when it runs out another
         worker takes over. Default: 3 intervals, so one or two late passes do not cost the lease.
-    :param vacuum_threshold: after a pass, the leader VACUUMs ``pgjobs.jobs`` once it has this many
-        dead tuples (0: never). Every claim walks the index entries of the jobs claimed since the
-        last vacuum, and autovacuum (a minute apart at best, off on some servers) falls behind a
-        queue; with the visibility map a vacuum this frequent costs little.
+    :param vacuum_threshold: after a pass, the leader VACUUMs the hot table ``pgjobs.jobs_live``
+        once it has this many dead tuples (0: never). Every claim walks the index entries of the
+        jobs claimed since the last vacuum, and autovacuum (a minute apart at best, off on some
+        servers) falls behind a queue; with the visibility map a vacuum this frequent costs little.
+    :param vacuum_scale_factor: ... and at least this fraction of its live rows dead: a vacuum reads
+        every index whole, so a deep backlog (a million queued jobs) is vacuumed less often, while
+        index scans skip the entries they find dead meanwhile.
     """
 
     interval: float = 5.0
@@ -46,6 +49,7 @@ class ReaperConfig:
     grace_multiplier: float = 2.1
     lease_ttl: float | None = None
     vacuum_threshold: int = 10_000
+    vacuum_scale_factor: float = 0.2
 
     @property
     def ttl(self) -> float:
@@ -139,22 +143,22 @@ class Reaper:
         if self._may_vacuum is None:
             self._may_vacuum = bool(row["may_vacuum"])
             if not self._may_vacuum:
-                logger.info("this role does not own pgjobs.jobs: the reaper leaves vacuuming to autovacuum")
+                logger.info("this role does not own pgjobs.jobs_live: the reaper leaves vacuuming to autovacuum")
                 return False
-        if row["dead"] < self.config.vacuum_threshold:
+        if row["dead"] < max(self.config.vacuum_threshold, self.config.vacuum_scale_factor * row["live"]):
             return False
         began = time.monotonic()
         try:
             session = await _database.connect_async(self.dsn, name=f"pgjobs vacuum {self.holder}")
         except ConfigurationError as exc:  # no free slot, say: the next pass tries again
-            logger.debug("no session to vacuum pgjobs.jobs: %s", exc)
+            logger.debug("no session to vacuum pgjobs.jobs_live: %s", exc)
             return False
         try:
             await session.execute(_sql.query("jobs_vacuum"))
         finally:
             await session.close()
         self.vacuums += 1
-        logger.debug("vacuumed pgjobs.jobs (%d dead tuples) in %.2f s", row["dead"], time.monotonic() - began)
+        logger.debug("vacuumed pgjobs.jobs_live (%d dead tuples) in %.2f s", row["dead"], time.monotonic() - began)
         return True
 
     async def resign(self) -> None:

@@ -123,8 +123,10 @@ SELECT * FROM pgjobs.reap(%(batch_size)s, %(grace)s);
 SELECT * FROM pgjobs.reap_as(%(holder)s, %(lease_ttl)s, %(batch_size)s, %(grace)s);
 
 -- name: jobs_dead_tuples
--- Dead tuples of the hot jobs table (statistics, a moment late), and whether this role may VACUUM it.
+-- Dead and live tuples of the hot jobs table (statistics, a moment late), and whether this role
+-- may VACUUM it.
 SELECT coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs_live'::regclass), 0) AS dead,
+       coalesce((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'pgjobs.jobs_live'::regclass), 0) AS live,
        (SELECT pg_has_role(current_user, c.relowner, 'MEMBER') FROM pg_class c WHERE c.oid = 'pgjobs.jobs_live'::regclass)
        OR EXISTS (SELECT FROM pg_roles r WHERE r.rolname = 'pg_maintain' AND pg_has_role(current_user, r.oid, 'MEMBER'))
        AS may_vacuum;

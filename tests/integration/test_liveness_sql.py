@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-
 import time
 from typing import Any
 
@@ -240,7 +239,8 @@ def test_retention_drops_past_days_and_deletes_what_is_not_kept(conn: Conn) -> N
     conn.execute("UPDATE pgjobs.jobs SET expires_at = now() - interval '2 days' WHERE id = %s", [expired])
     # Older than any day made: it waits in jobs_done_other, deleted row by row once expired.
     conn.execute("UPDATE pgjobs.jobs SET expires_at = now() - interval '10 days' WHERE id = %s", [stray])
-    assert one(conn, "SELECT tableoid::regclass::text FROM pgjobs.jobs WHERE id = %s", [stray]) == "pgjobs.jobs_done_other"
+    part = one(conn, "SELECT tableoid::regclass::text FROM pgjobs.jobs WHERE id = %s", [stray])
+    assert part == "pgjobs.jobs_done_other"
     conn.execute("UPDATE pgjobs.jobs SET completed_at = now() - interval '1 day' WHERE id = %s", [keep_forever])
     assert reap(conn)["deleted_jobs"] == 2  # the past day dropped with its job, and stray
     left = {r["id"] for r in conn.execute("SELECT id FROM pgjobs.jobs")}

@@ -128,7 +128,9 @@ def test_an_upgrade_from_any_earlier_version_equals_a_fresh_install(
     assert schema_objects(empty_dsn) == schema_objects(fresh)
     if start >= 1:
         with psycopg.connect(empty_dsn, row_factory=psycopg.rows.dict_row) as conn:
-            rows = conn.execute("SELECT id, status, tableoid::regclass::text AS part FROM pgjobs.jobs ORDER BY id").fetchall()
+            rows = conn.execute(
+                "SELECT id, status, tableoid::regclass::text AS part FROM pgjobs.jobs ORDER BY id"
+            ).fetchall()
         # Finished jobs already in history, except the one not kept: the reaper deletes it.
         assert [(r["status"], r["part"]) for r in rows] == [
             ("complete", "pgjobs.jobs_done_kept"), ("complete", "pgjobs.jobs_live"),

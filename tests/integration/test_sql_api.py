@@ -350,7 +350,8 @@ def test_the_claim_walks_its_index_in_order_and_stops_early(conn: Conn) -> None:
     assert len(claimed) == 5 and sum(1 for j in claimed if j["group_key"]) == 3
     conn.execute("SELECT pgjobs.complete_many(%s)", [[j["id"] for j in claimed]])
     claim = next(p for p in plans if "LockRows" in p)
-    scans = [line for line in claim.splitlines() if "Index Scan using jobs_live_queue_priority_scheduled_at_id_idx" in line]
+    index = "Index Scan using jobs_live_queue_priority_scheduled_at_id_idx"
+    scans = [line for line in claim.splitlines() if index in line]
     assert scans, claim
     for line in scans:
         rows = float(line.split("actual time=")[1].split("rows=")[1].split()[0])  # PG 18 prints 5.00
