@@ -69,8 +69,17 @@ def stop(workers: list[subprocess.Popen[bytes]]) -> None:
 
 def drain_rate(system: System, dsn: str, total: int, processes: int, concurrency: int, leave: int = 0) -> float:
     """Jobs per second while workers bring the unfinished count from total down to `leave`,
-    counted from the first job finished to the last."""
-    query = system.unfinished_sql()
+    counted from the first job finished to the last.
+
+    With `leave`, the count is of the first total - leave jobs by id (every system here claims
+    jobs of one priority in id order): counting a deep backlog whole would cost the server in
+    proportion to it and steal the CPU being measured."""
+    params: dict[str, Any] = {}
+    if leave:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            params["upto"] = conn.execute(system.first_queued_sql()).fetchone()[0] + total - leave - 1  # type: ignore[index]
+        total, leave = total - leave, 0
+    query = system.unfinished_sql(upto=bool(params))
     workers = system.start_workers(dsn, processes, concurrency)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -79,16 +88,15 @@ def drain_rate(system: System, dsn: str, total: int, processes: int, concurrency
             while time.monotonic() < deadline:
                 if all(w.poll() is not None for w in workers):
                     raise RuntimeError(f"every {system.name} worker exited (run its worker by hand to see why)")
-                left = conn.execute(query).fetchone()[0]  # type: ignore[index]
+                left = conn.execute(query, params).fetchone()[0]  # type: ignore[index]
                 now = time.perf_counter()
                 if first is None and left < total:
                     first, first_left = now, left
                 if left <= leave:
                     last = now
                     break
-                # Counting costs the server in proportion to what is left: look rarely until the
-                # last 5% of the jobs to drain (so the count does not steal the CPU it measures),
-                # often near the end.
+                # Look rarely until the last 5% of the jobs (so that counting does not steal the
+                # CPU it measures), often near the end.
                 time.sleep(0.2 if left - leave > (total - leave) // 20 else 0.005)
             if first is None or last is None:
                 raise TimeoutError(f"{system.name} did not drain {total - leave} jobs")

@@ -64,7 +64,13 @@ class System:
     async def close_async(self, conn: Any) -> None:
         await conn.close()
 
-    def unfinished_sql(self) -> str:
+    def unfinished_sql(self, upto: bool = False) -> str:
+        """Count the unfinished jobs; with ``upto``, only those whose id is at most %(upto)s (a
+        primary-key range, so that watching a drain from a deep backlog costs the server little)."""
+        raise NotImplementedError
+
+    def first_queued_sql(self) -> str:
+        """The lowest id of a queued job."""
         raise NotImplementedError
 
     def worker_command(self, dsn: str, concurrency: int) -> list[str]:
@@ -134,8 +140,14 @@ class Pgjobs(System):
         # it stays bounded whatever history keeps.
         await pgjobs.enqueue_async("bench.stamp", tag, conn=conn)
 
-    def unfinished_sql(self) -> str:
-        return "SELECT count(*) FROM pgjobs.jobs WHERE status IN ('queued', 'active')"
+    def unfinished_sql(self, upto: bool = False) -> str:
+        # Unfinished jobs are all in the hot table; expires_at IS NULL keeps history out of the count.
+        return "SELECT count(*) FROM pgjobs.jobs WHERE status IN ('queued', 'active') AND expires_at IS NULL" + (
+            " AND id <= %(upto)s" if upto else ""
+        )
+
+    def first_queued_sql(self) -> str:
+        return "SELECT min(id) FROM pgjobs.jobs WHERE status = 'queued' AND expires_at IS NULL"
 
     def worker_command(self, dsn: str, concurrency: int) -> list[str]:
         return [sys.executable, "-m", "pgjobs", "--log-level", "warning", "worker", "bench.tasks",
@@ -209,8 +221,11 @@ class PgQueuer(System):
     async def enqueue_tagged(self, conn: Any, tag: int) -> None:
         await (await self._queries(conn)).enqueue("stamp", str(tag).encode())
 
-    def unfinished_sql(self) -> str:
-        return "SELECT count(*) FROM pgqueuer"
+    def unfinished_sql(self, upto: bool = False) -> str:
+        return "SELECT count(*) FROM pgqueuer" + (" WHERE id <= %(upto)s" if upto else "")
+
+    def first_queued_sql(self) -> str:
+        return "SELECT min(id) FROM pgqueuer"
 
     @staticmethod
     async def work(dsn: str, concurrency: int) -> None:
@@ -304,8 +319,13 @@ class Procrastinate(System):
     async def close_async(self, conn: Any) -> None:
         await conn.close_async()
 
-    def unfinished_sql(self) -> str:
-        return "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+    def unfinished_sql(self, upto: bool = False) -> str:
+        return "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')" + (
+            " AND id <= %(upto)s" if upto else ""
+        )
+
+    def first_queued_sql(self) -> str:
+        return "SELECT min(id) FROM procrastinate_jobs WHERE status = 'todo'"
 
     @classmethod
     async def work(cls, dsn: str, concurrency: int) -> None:
