@@ -41,6 +41,23 @@ def test_a_client_may_enqueue_cancel_and_read_only_its_own_jobs(login: Any, conn
     assert conn.execute("SELECT count(*) AS n FROM pgjobs.jobs").fetchone() == {"n": 3}
 
 
+def test_a_client_reads_its_own_finished_jobs_in_history_and_no_one_elses(login: Any, conn: Conn) -> None:
+    alice, bob = login("pgjobs_client"), login("pgjobs_client")
+    mine = alice.execute("SELECT pgjobs.enqueue('t') AS id").fetchone()["id"]  # type: ignore[index]
+    theirs = bob.execute("SELECT pgjobs.enqueue('t') AS id").fetchone()["id"]  # type: ignore[index]
+    conn.execute("SELECT * FROM pgjobs.dequeue('w', '{default}', 2)")
+    conn.execute("SELECT pgjobs.complete_many(%s)", [[mine, theirs]])
+    conn.execute("SELECT * FROM pgjobs.reap()")
+    part = conn.execute("SELECT tableoid::regclass::text AS p FROM pgjobs.jobs WHERE id = %s", [mine]).fetchone()
+    assert part is not None and part["p"].startswith("pgjobs.jobs_done_2")  # in history now
+    rows = alice.execute("SELECT id, status FROM pgjobs.jobs").fetchall()
+    assert rows == [{"id": mine, "status": "complete"}]
+    assert alice.execute("SELECT count(*) AS n FROM pgjobs.jobs WHERE id = %s", [theirs]).fetchone() == {"n": 0}
+    # The partitions themselves are not the client's to read, or row security would not apply.
+    for table in ("pgjobs.jobs_live", "pgjobs.jobs_done", part["p"]):
+        refused(alice, f"SELECT * FROM {table}")
+
+
 def test_a_worker_may_run_jobs_and_read_all_but_not_write_tables(login: Any, conn: Conn) -> None:
     client, worker = login("pgjobs_client"), login("pgjobs_worker")
     client.execute("SELECT pgjobs.enqueue('t')")
