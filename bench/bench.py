@@ -35,7 +35,7 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.systems import LATENCY_FILE, SYSTEMS, System  # noqa: E402
+from bench.systems import ARGS, LATENCY_FILE, SYSTEMS, System  # noqa: E402
 from pgjobs import _database, _sql  # noqa: E402
 
 
@@ -146,7 +146,7 @@ def pgbench_update_rate(dsn: str, seconds: int = 5) -> float | None:
 async def sql_enqueue(conn: psycopg.AsyncConnection[Any], queue: str, n: int, batch: int = 1000) -> None:
     """Enqueue n no-op jobs on queue with pgjobs.enqueue_many, `batch` jobs a call."""
     for start in range(0, n, batch):
-        jobs = [{"task": "bench.noop", "queue": queue}] * min(batch, n - start)
+        jobs = [{"task": "bench.noop", "args": ARGS, "queue": queue}] * min(batch, n - start)
         await conn.execute(_sql.query("job_enqueue_many"), {"jobs": Jsonb(jobs)})
 
 

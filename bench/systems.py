@@ -12,6 +12,7 @@ worker per process with the asked concurrency.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,17 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 LATENCY_FILE = "BENCH_LATENCY_FILE"
+
+
+# The keyword arguments every benchmark job carries and every task checks it received, as a real
+# task would use them (a small dict, stored as JSON by each system).
+ARGS: dict[str, Any] = {"account_id": 42, "action": "sync"}
+ARGS_JSON = json.dumps(ARGS)
+
+
+def check_args(account_id: int, action: str) -> None:
+    if account_id != ARGS["account_id"] or action != ARGS["action"]:
+        raise ValueError(f"the task got other arguments: {account_id!r}, {action!r}")
 
 
 def _stamp(tag: Any) -> None:
@@ -104,13 +116,13 @@ class Pgjobs(System):
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             started = time.perf_counter()
             for _ in range(n):
-                await pgjobs.enqueue_async("bench.noop", conn=conn)
+                await pgjobs.enqueue_async("bench.noop", **ARGS, conn=conn)
             return time.perf_counter() - started
 
     async def enqueue_batched(self, dsn: str, n: int, batch: int) -> float:
         import pgjobs
 
-        requests = [pgjobs.job("bench.noop") for _ in range(batch)]
+        requests = [pgjobs.job("bench.noop", **ARGS) for _ in range(batch)]
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             started = time.perf_counter()
             for _ in range(n // batch):
@@ -123,13 +135,13 @@ class Pgjobs(System):
             # pass also makes history's days). Just-finished ones are the drain scenario's part.
             conn.execute("SELECT * FROM pgjobs.reap()")
             conn.execute(
-                """INSERT INTO pgjobs.jobs (task, group_key, status, completed_at, expires_at)
-                   SELECT 'bench.noop', CASE WHEN %(groups)s > 0 THEN 'g' || (i %% %(groups)s) END,
+                """INSERT INTO pgjobs.jobs (task, args, group_key, status, completed_at, expires_at)
+                   SELECT 'bench.noop', %(args)s::jsonb, CASE WHEN %(groups)s > 0 THEN 'g' || (i %% %(groups)s) END,
                           CASE WHEN %(finished)s THEN 'complete' ELSE 'queued' END::pgjobs.job_status,
                           CASE WHEN %(finished)s THEN now() END,
                           CASE WHEN %(finished)s THEN now() + interval '1 day' END
                    FROM generate_series(1, %(n)s) i""",
-                {"n": n, "groups": groups, "finished": finished},
+                {"n": n, "groups": groups, "finished": finished, "args": ARGS_JSON},
             )
             conn.execute("VACUUM ANALYZE pgjobs.jobs")
 
@@ -138,7 +150,7 @@ class Pgjobs(System):
 
         # The default ttl (a day): finished jobs leave the hot table at the reaper's next pass, so
         # it stays bounded whatever history keeps.
-        await pgjobs.enqueue_async("bench.stamp", tag, conn=conn)
+        await pgjobs.enqueue_async("bench.stamp", **ARGS, tag=tag, conn=conn)
 
     def unfinished_sql(self, upto: bool = False) -> str:
         # Unfinished jobs are all in the hot table; expires_at IS NULL keeps history out of the count.
@@ -192,7 +204,7 @@ class PgQueuer(System):
         q = await self._queries(conn)
         started = time.perf_counter()
         for _ in range(n):
-            await q.enqueue("noop", None)
+            await q.enqueue("noop", ARGS_JSON.encode())
         elapsed = time.perf_counter() - started
         await conn.close()
         return elapsed
@@ -202,7 +214,7 @@ class PgQueuer(System):
         q = await self._queries(conn)
         started = time.perf_counter()
         for _ in range(n // batch):
-            await q.enqueue(["noop"] * batch, [None] * batch, [0] * batch)
+            await q.enqueue(["noop"] * batch, [ARGS_JSON.encode()] * batch, [0] * batch)
         elapsed = time.perf_counter() - started
         await conn.close()
         return elapsed
@@ -212,14 +224,14 @@ class PgQueuer(System):
             return  # PgQueuer deletes finished jobs: it keeps no history in the queue table
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
-                """INSERT INTO pgqueuer (priority, status, entrypoint)
-                   SELECT 0, 'queued', 'noop' FROM generate_series(1, %s)""",
-                [n],
+                """INSERT INTO pgqueuer (priority, status, entrypoint, payload)
+                   SELECT 0, 'queued', 'noop', %s FROM generate_series(1, %s)""",
+                [ARGS_JSON.encode(), n],
             )
             conn.execute("VACUUM ANALYZE pgqueuer")
 
     async def enqueue_tagged(self, conn: Any, tag: int) -> None:
-        await (await self._queries(conn)).enqueue("stamp", str(tag).encode())
+        await (await self._queries(conn)).enqueue("stamp", json.dumps({**ARGS, "tag": tag}).encode())
 
     def unfinished_sql(self, upto: bool = False) -> str:
         return "SELECT count(*) FROM pgqueuer" + (" WHERE id <= %(upto)s" if upto else "")
@@ -238,11 +250,14 @@ class PgQueuer(System):
 
         @qm.entrypoint("noop")
         async def noop(job: Any) -> None:
-            return None
+            check_args(**json.loads(job.payload))
 
         @qm.entrypoint("stamp")
         async def stamp(job: Any) -> None:
-            _stamp(job.payload.decode() if job.payload else None)
+            args = json.loads(job.payload)
+            tag = args.pop("tag")
+            check_args(**args)
+            _stamp(tag)
 
         batch = max(10, concurrency // 2)
         await qm.run(batch_size=batch, max_concurrent_tasks=max(concurrency, 2 * batch))
@@ -262,11 +277,12 @@ class Procrastinate(System):
         app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=dsn))
 
         @app.task(name="noop")
-        async def noop() -> None:
-            return None
+        async def noop(account_id: int, action: str) -> None:
+            check_args(account_id, action)
 
         @app.task(name="stamp")
-        async def stamp(tag: int) -> None:
+        async def stamp(account_id: int, action: str, tag: int) -> None:
+            check_args(account_id, action)
             _stamp(tag)
 
         return app
@@ -285,7 +301,7 @@ class Procrastinate(System):
             task = app.tasks["noop"]
             started = time.perf_counter()
             for _ in range(n):
-                await task.defer_async()
+                await task.defer_async(**ARGS)
             return time.perf_counter() - started
 
     async def enqueue_batched(self, dsn: str, n: int, batch: int) -> float:
@@ -294,17 +310,18 @@ class Procrastinate(System):
             task = app.tasks["noop"]
             started = time.perf_counter()
             for _ in range(n // batch):
-                await task.batch_defer_async(*({} for _ in range(batch)))
+                await task.batch_defer_async(*(ARGS for _ in range(batch)))
             return time.perf_counter() - started
 
     def fill(self, dsn: str, n: int, *, groups: int = 0, finished: bool = False) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(
-                """INSERT INTO procrastinate_jobs (queue_name, task_name, lock, status)
-                   SELECT 'default', 'noop', CASE WHEN %(groups)s > 0 THEN 'g' || (i %% %(groups)s) END,
+                """INSERT INTO procrastinate_jobs (queue_name, task_name, args, lock, status)
+                   SELECT 'default', 'noop', %(args)s::jsonb,
+                          CASE WHEN %(groups)s > 0 THEN 'g' || (i %% %(groups)s) END,
                           CASE WHEN %(finished)s THEN 'succeeded' ELSE 'todo' END::procrastinate_job_status
                    FROM generate_series(1, %(n)s) i""",
-                {"n": n, "groups": groups, "finished": finished},
+                {"n": n, "groups": groups, "finished": finished, "args": ARGS_JSON},
             )
             conn.execute("VACUUM ANALYZE procrastinate_jobs")
 
@@ -314,7 +331,7 @@ class Procrastinate(System):
         return app
 
     async def enqueue_tagged(self, conn: Any, tag: int) -> None:
-        await conn.tasks["stamp"].defer_async(tag=tag)
+        await conn.tasks["stamp"].defer_async(**ARGS, tag=tag)
 
     async def close_async(self, conn: Any) -> None:
         await conn.close_async()

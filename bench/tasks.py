@@ -1,17 +1,19 @@
-"""pgjobs tasks for the benchmark: a no-op, and one that records when it started."""
+"""pgjobs tasks for the benchmark: a no-op taking keyword arguments, and one that also records when
+it started."""
 
 from __future__ import annotations
 
 import pgjobs
 
-from .systems import _stamp
+from .systems import _stamp, check_args
 
 
 @pgjobs.task(name="bench.noop")
-async def noop() -> None:
-    return None
+async def noop(account_id: int, action: str) -> None:
+    check_args(account_id, action)
 
 
 @pgjobs.task(name="bench.stamp")
-async def stamp(tag: int | None = None) -> None:
+async def stamp(account_id: int, action: str, tag: int) -> None:
+    check_args(account_id, action)
     _stamp(tag)
