@@ -76,10 +76,13 @@ class System:
     async def close_async(self, conn: Any) -> None:
         await conn.close()
 
+    # Counts the unfinished jobs (a query ending in a WHERE clause).
+    unfinished_query = ""
+
     def unfinished_sql(self, upto: bool = False) -> str:
         """Count the unfinished jobs; with ``upto``, only those whose id is at most %(upto)s (a
         primary-key range, so that watching a drain from a deep backlog costs the server little)."""
-        raise NotImplementedError
+        return self.unfinished_query + (" AND id <= %(upto)s" if upto else "")
 
     def first_queued_sql(self) -> str:
         """The lowest id of a queued job."""
@@ -152,11 +155,8 @@ class Pgjobs(System):
         # it stays bounded whatever history keeps.
         await pgjobs.enqueue_async("bench.stamp", **ARGS, tag=tag, conn=conn)
 
-    def unfinished_sql(self, upto: bool = False) -> str:
-        # Unfinished jobs are all in the hot table; expires_at IS NULL keeps history out of the count.
-        return "SELECT count(*) FROM pgjobs.jobs WHERE status IN ('queued', 'active') AND expires_at IS NULL" + (
-            " AND id <= %(upto)s" if upto else ""
-        )
+    # Unfinished jobs are all in the hot table; expires_at IS NULL keeps history out of the count.
+    unfinished_query = "SELECT count(*) FROM pgjobs.jobs WHERE status IN ('queued', 'active') AND expires_at IS NULL"
 
     def first_queued_sql(self) -> str:
         return "SELECT min(id) FROM pgjobs.jobs WHERE status = 'queued' AND expires_at IS NULL"
@@ -233,8 +233,7 @@ class PgQueuer(System):
     async def enqueue_tagged(self, conn: Any, tag: int) -> None:
         await (await self._queries(conn)).enqueue("stamp", json.dumps({**ARGS, "tag": tag}).encode())
 
-    def unfinished_sql(self, upto: bool = False) -> str:
-        return "SELECT count(*) FROM pgqueuer" + (" WHERE id <= %(upto)s" if upto else "")
+    unfinished_query = "SELECT count(*) FROM pgqueuer WHERE true"
 
     def first_queued_sql(self) -> str:
         return "SELECT min(id) FROM pgqueuer"
@@ -336,10 +335,7 @@ class Procrastinate(System):
     async def close_async(self, conn: Any) -> None:
         await conn.close_async()
 
-    def unfinished_sql(self, upto: bool = False) -> str:
-        return "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')" + (
-            " AND id <= %(upto)s" if upto else ""
-        )
+    unfinished_query = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
 
     def first_queued_sql(self) -> str:
         return "SELECT min(id) FROM procrastinate_jobs WHERE status = 'todo'"

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench import fresh_database, stop
 from bench.dbcost import cpu_seconds
-from bench.systems import ARGS, SYSTEMS
+from bench.systems import SYSTEMS
 from pgjobs import _database
 
 
@@ -40,16 +40,6 @@ def total_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(p) or 0.0 for p in pids)
 
 
-async def enqueue(dsn: str, n: int, batch: int = 1000) -> None:
-    import pgjobs
-
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for start in range(0, n, batch):
-            await pgjobs.enqueue_many_async(
-                [pgjobs.job("bench.noop", **ARGS) for _ in range(min(batch, n - start))], conn=conn
-            )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", help="server to create the database on (default: PGJOBS_DSN or embedded)")
@@ -57,6 +47,8 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=50)
     args = parser.parse_args()
+    if args.jobs < 1000 or args.jobs % 1000:
+        parser.error("--jobs must be a multiple of 1,000 (they are enqueued in batches of 1,000)")
     system = SYSTEMS["pgjobs"]
     with fresh_database(_database.resolve_dsn(args.dsn), system) as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -77,10 +69,8 @@ def main() -> None:
                 conn.execute("SELECT pg_stat_reset()")
                 pids = [w.pid for w in workers]
                 worker0, server0, wall0 = total_cpu(pids), total_cpu(server), time.perf_counter()
-                asyncio.run(enqueue(dsn, args.jobs))
-                while conn.execute("SELECT count(*) FROM pgjobs.jobs WHERE status = 'complete'").fetchone() != (
-                    args.jobs,
-                ):
+                asyncio.run(system.enqueue_batched(dsn, args.jobs, 1000))
+                while conn.execute(system.unfinished_sql()).fetchone() != (0,):
                     time.sleep(0.05)
                 worker1, server1, wall1 = total_cpu(pids), total_cpu(server), time.perf_counter()
         finally:
