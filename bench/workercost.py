@@ -77,12 +77,11 @@ def main() -> None:
             stop(workers)
         time.sleep(1)  # statistics reach the shared view after the sessions report them
         with psycopg.connect(dsn) as conn:
-            calls = dict(
-                conn.execute(
-                    """SELECT funcname, calls FROM pg_stat_user_functions
-                       WHERE schemaname = 'pgjobs' AND funcname IN ('dequeue', 'complete_many')"""
-                ).fetchall()
-            )
+            functions = conn.execute(
+                """SELECT funcname, calls, total_time, self_time FROM pg_stat_user_functions
+                   WHERE schemaname = 'pgjobs' ORDER BY total_time DESC"""
+            ).fetchall()
+    calls = {name: count for name, count, _, _ in functions}
     n = args.jobs
     print(f"{n:,} jobs, {args.processes} worker process(es) x {args.concurrency}, enqueued and drained in "
           f"{wall1 - wall0:.2f} s")  # fmt: skip
@@ -91,6 +90,9 @@ def main() -> None:
     for name in ("dequeue", "complete_many"):
         if calls.get(name):
             print(f"  {name}: {calls[name]:,} calls, {n / calls[name]:.1f} jobs a call")
+    print("  server time in pgjobs functions, us a job (total / self), every session:")
+    for name, count, total, own in functions[:12]:
+        print(f"    {name:<28}{1000 * total / n:8.1f}{1000 * own / n:8.1f}   {count:,} calls")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,21 @@ class Job:
         values["status"] = JobStatus(values.get("status", "queued"))
         return cls(**values)
 
+    @classmethod
+    def _claimed(cls, row: Sequence[Any], worker_id: str) -> Job:
+        """Build the Job of a run from a claimed row of ``pgjobs.complete_and_dequeue``."""
+        # fmt: off
+        (id_, _, task, args, attempts, max_attempts, queue, priority, group_key, key, meta, scheduled_at,
+         enqueued_at, started_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, progress, error) = row
+        return cls(
+            task=task, args=args, id=id_, queue=queue, status=JobStatus.ACTIVE, priority=priority,
+            group_key=group_key, key=key, attempts=attempts, max_attempts=max_attempts, scheduled_at=scheduled_at,
+            timeout=timeout, heartbeat=heartbeat, retry_delay=retry_delay, retry_backoff=retry_backoff, ttl=ttl,
+            progress=progress, meta={} if meta is None else meta, error=error, worker_id=worker_id,
+            enqueued_at=enqueued_at, started_at=started_at, touched_at=started_at,
+        )
+        # fmt: on
+
     @property
     def finished(self) -> bool:
         """Whether the job reached a final status."""

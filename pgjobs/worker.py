@@ -1,9 +1,10 @@
 """The worker: claims due jobs, runs their tasks, records what happened, and proves it is alive.
 
 Async tasks run on the worker's event loop; each sync task runs in a thread of its own, so one
-that cannot be interrupted never takes a slot from the next job. Jobs are claimed in batches sized
-to the free slots; outcomes are written in batches by one flusher, never before the task has
-finished. A heartbeat keeps the worker's row and its runs fresh at a steady rate.
+that cannot be interrupted never takes a slot from the next job. One exchange loop talks to the
+database for the runs: each round trip records the results of the runs that finished (never
+before the task has) and claims jobs for the free slots, in one transaction. A heartbeat keeps
+the worker's row and its runs fresh at a steady rate.
 
 Connections: one session that LISTENs, and a pool (one connection by default) that claims,
 outcomes, heartbeats, the reaper and the scheduler take in turn. Errors a later attempt can mend
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from . import _database, _sql, migrations
 from .errors import ArgumentError, ConfigurationError, DatabaseUnavailable
@@ -167,11 +169,12 @@ class Worker:
         self._outbox: list[_Outcome] = []
         self._stopping = False
         self._closing = False
-        self._saturated = False
+        self._saturated = False  # the last claim filled every free slot: more jobs may be due
         self._signals = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Set when the exchange loop has something to do: a notification, an outcome, a free slot.
         self._wake: asyncio.Event | None = None
-        self._outbox_ready: asyncio.Event | None = None
+        self._stop_event: asyncio.Event | None = None
         self._beat_now: asyncio.Event | None = None
 
     # -- control --------------------------------------------------------------------------------
@@ -194,6 +197,8 @@ class Worker:
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
+        if self._stop_event is not None:
+            self._stop_event.set()
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -209,7 +214,7 @@ class Worker:
         """Process jobs until stop() (or, with handle_signals, SIGTERM or SIGINT)."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._outbox_ready = asyncio.Event()
+        self._stop_event = asyncio.Event()
         self._beat_now = asyncio.Event()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -231,22 +236,23 @@ class Worker:
             *([asyncio.create_task(self._reaper.run(), name="pgjobs-reaper")] if self._reaper else []),
             *([asyncio.create_task(self._scheduler.run(), name="pgjobs-scheduler")] if self._scheduler else []),
         ]
-        flusher = asyncio.create_task(self._flush_loop(), name="pgjobs-flush")
+        exchange = asyncio.create_task(self._exchange_loop(), name="pgjobs-exchange")
         logger.info(
             "worker %s started: queues %s, concurrency %d, tasks %s",
             self.id, ",".join(self.queues), self.concurrency, ", ".join(sorted(self.tasks)) or "none",
         )  # fmt: skip
         try:
-            await self._claim_loop()
+            await self._until_stopping(exchange)
             await self._drain()
         finally:
             self._closing = True
-            self._outbox_ready.set()
+            self._wake.set()
             try:
-                await asyncio.wait_for(flusher, timeout=self.shutdown_grace + 5)
+                await asyncio.wait_for(exchange, timeout=self.shutdown_grace + 5)
             except (TimeoutError, psycopg.Error, ConfigurationError) as exc:
                 ids = [o.job.id for o in self._outbox]
-                logger.error("could not record the outcome of jobs %s (%s); the reaper will reset them", ids, exc)
+                if ids:
+                    logger.error("could not record the outcome of jobs %s (%s); the reaper will reset them", ids, exc)
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
@@ -303,42 +309,94 @@ class Worker:
         async with self._pool.connection("exit") as conn:
             await _database.fetch_async(conn, _sql.query("worker_stopped"), {"id": self.id})
 
-    async def _claim_loop(self) -> None:
-        assert self._wake is not None
-        while not self._stopping:
-            free = self.concurrency - len(self._running)
-            if free > 0 and not self._fenced:
-                self._wake.clear()
-                jobs = await self._claim(free)
-                _fault("after_claim") if jobs else None
-                for job in jobs:
-                    self._start(job)
-                self._saturated = len(jobs) == free
-                if self._saturated:
-                    continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-
-    async def _claim(self, n: int) -> list[Job]:
+    async def _until_stopping(self, exchange: asyncio.Task[None]) -> None:
+        """Return once stop() was called; raise what ended the exchange loop if it ended first."""
+        assert self._stop_event is not None
+        stopped = asyncio.create_task(self._stop_event.wait())
         try:
-            async with self._pool.connection("claim") as conn:
+            await asyncio.wait({exchange, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if exchange.done():
+            exchange.result()
+
+    async def _exchange_loop(self) -> None:
+        """Record outcomes and claim jobs, one round trip at a time, until the worker closes and
+        every outcome is recorded. A claim is tried when a slot is free and jobs may be due: after
+        a notification, an outcome or a claim that filled every slot, and every poll_interval."""
+        assert self._wake is not None
+        poll_due = True
+        while True:
+            claiming = not self._stopping and not self._fenced
+            free = self.concurrency - len(self._running) if claiming else 0
+            claim = free > 0 and (poll_due or self._saturated or self._wake.is_set())
+            if not self._outbox and not claim:
+                if self._closing:
+                    return
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                except TimeoutError:
+                    poll_due = True
+                continue
+            self._wake.clear()
+            poll_due = False
+            jobs = await self._exchange(free if claim else 0)
+            if claim:
+                self._saturated = len(jobs) == free
+            _fault("after_claim") if jobs else None
+            for job in jobs:
+                self._start(job)
+
+    async def _exchange(self, n: int) -> list[Job]:
+        """One round trip: record the outbox's outcomes and claim up to n jobs. On an error a later
+        attempt can mend, the outcomes go back to the outbox (still under their fence) and no job
+        is claimed."""
+        batch, self._outbox = self._outbox, []
+        recorded: list[_Outcome] = []
+        try:
+            async with self._pool.connection("exchange") as conn:
                 if self._claim_in_doubt:
                     # A claim whose commit we never heard of leaves jobs active under our id: give
-                    # them back (claims take turns, so none is in flight now).
-                    params = {"worker_id": self.id, "running": list(self._running)}
-                    await _database.fetch_async(conn, _sql.query("job_release_unknown"), params)
+                    # them back (exchanges take turns, so none is in flight now; the outcomes in
+                    # hand are runs of ours that finished).
+                    running = [*self._running, *(o.job.id for o in batch)]
+                    given_back = {"worker_id": self.id, "running": running}
+                    await _database.fetch_async(conn, _sql.query("job_release_unknown"), given_back)
                     self._claim_in_doubt = False
-                rows = await _database.fetch_async(
-                    conn, _sql.query("job_dequeue"), {"worker_id": self.id, "queues": self.queues, "max_jobs": n}
-                )
+                await self._record(conn, [o for o in batch if o.kind != "complete"], recorded)
+                done = [o for o in batch if o.kind == "complete"]
+                params: dict[str, Any] = {
+                    "worker_id": self.id,
+                    "queues": self.queues,
+                    "max_jobs": n,
+                    "ids": [o.job.id for o in done],
+                    # Encoded and checked when each task returned; a task that returns None leaves
+                    # the result NULL, and a batch of those sends no array at all.
+                    "results": None if all(o.result is None for o in done) else [o.result for o in done],
+                    "attempts": [o.job.attempts for o in done],
+                }
+                query = _sql.query("job_complete_and_dequeue")
+                rows = await _database.fetch_async(conn, query, params, row_factory=tuple_row)
+                recorded.extend(done)
         except psycopg.Error as exc:
+            if n:
+                self._claim_in_doubt = self._claim_in_doubt or _database.needs_reconnect(exc)
+            gone = {id(o) for o in recorded}
+            self._outbox[:0] = [o for o in batch if id(o) not in gone]
             if not _database.transient(exc):
                 raise
-            self._claim_in_doubt = self._claim_in_doubt or _database.needs_reconnect(exc)
             await self._outage.backoff()
             return []
         self._outage.ok()
-        return [Job.from_row(r) for r in rows]
+        stale = {r[0] for r in rows if not r[1]}
+        for o in done:
+            if o.job.id in stale:
+                logger.warning(
+                    "job %d %s finished, but the run was no longer ours: result dropped", o.job.id, o.job.task
+                )
+            else:
+                logger.info("job %d %s complete in %.1f ms", o.job.id, o.job.task, o.seconds * 1000)
+        return [Job._claimed(r, self.id) for r in rows if r[1]]
 
     async def _drain(self) -> None:
         if not self._running:
@@ -473,7 +531,7 @@ class Worker:
         self._stop_reason.pop(job_id, None)
         self._held.pop(job_id, None)
         if self._saturated and self._wake is not None:
-            self._wake.set()
+            self._wake.set()  # a slot is free and more jobs may be due
 
     async def _execute(self, job: Job) -> None:
         started = time.perf_counter()
@@ -520,8 +578,8 @@ class Worker:
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=error)
         if outcome is not None:
             self._outbox.append(outcome)
-            assert self._outbox_ready is not None
-            self._outbox_ready.set()
+            assert self._wake is not None
+            self._wake.set()
 
     async def _invoke(self, task: Task[..., Any], job: Job) -> Any:
         leading = (job,) if task.pass_job else ()
@@ -553,53 +611,9 @@ class Worker:
         return bool(rows[0]["touched"])
 
     # -- recording outcomes ---------------------------------------------------------------------
-    async def _flush_loop(self) -> None:
-        assert self._outbox_ready is not None
-        while True:
-            if not self._outbox:
-                if self._closing:
-                    return
-                await self._outbox_ready.wait()
-                self._outbox_ready.clear()
-                continue
-            batch = list(self._outbox)
-            recorded: list[_Outcome] = []
-            try:
-                async with self._pool.connection("record") as conn:
-                    await self._record(conn, batch, recorded)
-                self._outage.ok()
-            except psycopg.Error as exc:
-                if not _database.transient(exc):
-                    raise
-                await self._outage.backoff()  # the outcomes wait in the outbox, still under their fence
-            finally:
-                gone = {id(o) for o in recorded}
-                self._outbox[:] = [o for o in self._outbox if id(o) not in gone]
-
     async def _record(self, conn: AsyncConnection, batch: list[_Outcome], recorded: list[_Outcome]) -> None:
-        """Record a batch of outcomes, adding each to ``recorded`` once its statement went through."""
-        done = [o for o in batch if o.kind == "complete"]
-        if done:
-            rows = await _database.fetch_async(
-                conn,
-                _sql.query("job_complete_many"),
-                {
-                    "ids": [o.job.id for o in done],
-                    # Encoded and checked when each task returned; a task that returns None leaves
-                    # the result NULL, and a batch of those sends no array at all.
-                    "results": None if all(o.result is None for o in done) else [o.result for o in done],
-                    "attempts": [o.job.attempts for o in done],
-                },
-            )
-            recorded.extend(done)
-            ours = {r["id"] for r in rows}
-            for o in done:
-                if o.job.id in ours:
-                    logger.info("job %d %s complete in %.1f ms", o.job.id, o.job.task, o.seconds * 1000)
-                else:
-                    logger.warning(
-                        "job %d %s finished, but the run was no longer ours: result dropped", o.job.id, o.job.task
-                    )
+        """Record failed and given-back runs (completions go with the next claim), adding each
+        outcome to ``recorded`` once its statement went through."""
         for o in batch:
             if o.kind == "fail":
                 rows = await _database.fetch_async(

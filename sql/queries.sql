@@ -40,6 +40,11 @@ SELECT pgjobs.cancel(%(id)s) AS status;
 -- Claim up to max_jobs due jobs for a worker.
 SELECT * FROM pgjobs.dequeue(%(worker_id)s, %(queues)s, %(max_jobs)s);
 
+-- name: job_complete_and_dequeue
+-- Record finished runs and claim the next jobs in one transaction: the worker's round trip.
+SELECT * FROM pgjobs.complete_and_dequeue(%(worker_id)s, %(queues)s::text[], %(max_jobs)s, %(ids)s::bigint[],
+                                          %(results)s::jsonb[], %(attempts)s::integer[]);
+
 -- name: job_complete_many
 -- Record the results of finished attempts; returns the ids that were still ours.
 SELECT pgjobs.complete_many(%(ids)s, %(results)s, %(attempts)s) AS id;

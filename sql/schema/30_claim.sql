@@ -6,8 +6,11 @@ RETURNS SETOF pgjobs.jobs
 LANGUAGE plpgsql
 -- The plan made once serves every call: planning it again for each call (PostgreSQL's choice, as
 -- the generic plan's estimates for LIMIT wanted are huge) cost more than running it, and those
--- estimates must not start JIT compilation either.
-SET plan_cache_mode = force_generic_plan SET jit = off AS $$
+-- estimates must not start JIT compilation either. A session makes that plan at its first call,
+-- often on an empty queue, whose statistics favour scanning the whole table and sorting it:
+-- without sequential scans the plan walks the indexes, right for any size (a plan made on an empty
+-- table claimed 50 jobs of 20,000 in 23 ms instead of 2).
+SET plan_cache_mode = force_generic_plan SET jit = off SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
     wanted integer := max_jobs;
@@ -103,5 +106,47 @@ BEGIN
         EXIT WHEN locked < wanted;
         wanted := wanted - claimed;
     END LOOP;
+END;
+$$;
+
+-- A worker's round trip: record the results of its finished runs (done_*: as complete_many) and
+-- claim its next jobs (as dequeue) in one transaction, so that a worker pays one round trip and one commit
+-- where the two calls cost two. Returns one row per job claimed (claimed true, the columns a run
+-- needs; meta NULL when empty), then one per completion that changed nothing because the run was
+-- no longer current (claimed false, the other columns NULL).
+CREATE OR REPLACE FUNCTION pgjobs.complete_and_dequeue(
+    worker_id text,
+    queues text[],
+    max_jobs integer,
+    done_ids bigint[] DEFAULT '{}',
+    done_results jsonb[] DEFAULT NULL,
+    done_attempts integer[] DEFAULT NULL
+) RETURNS TABLE (
+    id bigint, claimed boolean, task text, args jsonb, attempts integer, max_attempts integer, queue text,
+    priority integer, group_key text, key text, meta jsonb, scheduled_at timestamptz, enqueued_at timestamptz,
+    started_at timestamptz, timeout double precision, heartbeat double precision, retry_delay double precision,
+    retry_backoff double precision, ttl integer, progress double precision, error text
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    done bigint[];
+BEGIN
+    IF cardinality(done_ids) > 0 THEN
+        done := ARRAY(SELECT pgjobs.complete_many(done_ids, done_results, done_attempts));
+        RETURN QUERY
+        SELECT u.id, false, NULL::text, NULL::jsonb, NULL::integer, NULL::integer, NULL::text, NULL::integer,
+               NULL::text, NULL::text, NULL::jsonb, NULL::timestamptz, NULL::timestamptz, NULL::timestamptz,
+               NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::integer, NULL::float8, NULL::text
+        FROM unnest(done_ids) AS u(id)
+        WHERE u.id <> ALL (done);
+    END IF;
+    -- dequeue checks the arguments, max_jobs 0 included (then it claims nothing).
+    RETURN QUERY
+    SELECT d.id, true, d.task, d.args, d.attempts, d.max_attempts, d.queue, d.priority, d.group_key, d.key,
+           nullif(d.meta, '{}'), d.scheduled_at, d.enqueued_at, d.started_at, d.timeout, d.heartbeat,
+           d.retry_delay, d.retry_backoff, d.ttl, d.progress, d.error
+    FROM pgjobs.dequeue(complete_and_dequeue.worker_id, complete_and_dequeue.queues,
+                        complete_and_dequeue.max_jobs) AS d;
 END;
 $$;

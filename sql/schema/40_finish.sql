@@ -15,8 +15,8 @@ $$;
 CREATE OR REPLACE FUNCTION pgjobs.complete_many(job_ids bigint[], results jsonb[] DEFAULT NULL, attempts integer[] DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE plpgsql
--- One plan for every call, as dequeue explains.
-SET plan_cache_mode = force_generic_plan SET jit = off AS $$
+-- One plan for every call, walking the primary key, as dequeue explains.
+SET plan_cache_mode = force_generic_plan SET jit = off SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
     cap bigint := pgjobs.max_payload();
@@ -71,7 +71,9 @@ $$;
 -- status, or NULL when the job was not active (or the attempt fence did not match).
 CREATE OR REPLACE FUNCTION pgjobs.fail(job_id bigint, error text, attempt integer DEFAULT NULL, retry boolean DEFAULT true)
 RETURNS pgjobs.job_status
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Rows by id through the primary key, whatever statistics the plan was made with (see dequeue).
+SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
     old pgjobs.jobs;
@@ -111,7 +113,9 @@ $$;
 -- into the stored object). Fenced by the attempt: false when the run is no longer current.
 CREATE OR REPLACE FUNCTION pgjobs.touch(job_id bigint, attempt integer, progress double precision DEFAULT NULL, meta jsonb DEFAULT NULL)
 RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Rows by id through the primary key, whatever statistics the plan was made with (see dequeue).
+SET enable_seqscan = off AS $$
 #variable_conflict use_column
 BEGIN
     IF touch.progress IS NOT NULL AND NOT (touch.progress >= 0 AND touch.progress <= 1) THEN
@@ -164,7 +168,9 @@ $$;
 -- stopped ends like a failure. Returns the count.
 CREATE OR REPLACE FUNCTION pgjobs.release(worker_id text, job_ids bigint[])
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Rows by id through the primary key, whatever statistics the plan was made with (see dequeue).
+SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
     woken text[];

@@ -38,7 +38,9 @@ $$;
 -- A worker marked dead that beats again is running again; its old runs are lost.
 CREATE OR REPLACE FUNCTION pgjobs.worker_heartbeat(worker_id text, job_ids bigint[] DEFAULT '{}', attempts integer[] DEFAULT '{}')
 RETURNS TABLE (status pgjobs.worker_status, abort bigint[], lost bigint[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Rows by id through the primary key, whatever statistics the plan was made with (see dequeue).
+SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
     s pgjobs.worker_status;

@@ -325,6 +325,20 @@ def test_release_gives_jobs_back_without_counting_the_attempt(conn: Conn) -> Non
     assert (row["status"], row["attempts"], row["worker_id"]) == ("queued", 0, None)
 
 
+def explain_nested(conn: Conn) -> list[str]:
+    """From now on, the plan of every statement the session runs, functions' statements included,
+    with actual row counts; the list fills as statements run."""
+    conn.execute("LOAD 'auto_explain'")
+    conn.execute("SET auto_explain.log_min_duration = 0")
+    conn.execute("SET auto_explain.log_nested_statements = on")
+    conn.execute("SET auto_explain.log_analyze = on")
+    conn.execute("SET auto_explain.log_level = notice")
+    conn.execute("SET client_min_messages = notice")
+    plans: list[str] = []
+    conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+    return plans
+
+
 def test_the_claim_walks_its_index_in_order_and_stops_early(conn: Conn) -> None:
     """The claim must read a handful of index entries, not sort the backlog: with 20,000 queued and
     50,000 finished jobs, its index scan returns only the rows it locks; claiming grouped jobs and
@@ -338,14 +352,7 @@ def test_the_claim_walks_its_index_in_order_and_stops_early(conn: Conn) -> None:
         "INSERT INTO pgjobs.jobs (task, priority, group_key) SELECT 't', -1, 'g' || i FROM generate_series(1, 3) i"
     )
     conn.execute("ANALYZE pgjobs.jobs")
-    conn.execute("LOAD 'auto_explain'")
-    conn.execute("SET auto_explain.log_min_duration = 0")
-    conn.execute("SET auto_explain.log_nested_statements = on")
-    conn.execute("SET auto_explain.log_analyze = on")
-    conn.execute("SET auto_explain.log_level = notice")
-    conn.execute("SET client_min_messages = notice")
-    plans: list[str] = []
-    conn.add_notice_handler(lambda d: plans.append(d.message_primary or ""))
+    plans = explain_nested(conn)
     claimed = dequeue(conn, 5)
     assert len(claimed) == 5 and sum(1 for j in claimed if j["group_key"]) == 3
     conn.execute("SELECT pgjobs.complete_many(%s)", [[j["id"] for j in claimed]])
@@ -363,6 +370,64 @@ def test_the_claim_walks_its_index_in_order_and_stops_early(conn: Conn) -> None:
     # Claims and completions read the hot table only: history is pruned from their plans.
     for plan in [claim, *updates]:
         assert "jobs_live" in plan and "jobs_done" not in plan, plan
+
+
+def test_a_worker_session_that_started_on_an_empty_queue_still_walks_the_indexes(dsn: str, conn: Conn) -> None:
+    """Workers usually start before the jobs come: the plans their session makes at its first calls,
+    on an empty table, must not scan the whole table once it holds 20,000 jobs."""
+    conn.execute("VACUUM ANALYZE pgjobs.jobs")  # the statistics of an empty table
+    with psycopg.connect(dsn, autocommit=True, row_factory=dict_row) as worker:
+        worker.execute("SELECT pgjobs.worker_register('w1', 'h', 1, 'u', '{default}', 10, 5)")
+        for _ in range(6):  # past the calls PostgreSQL plans one by one
+            assert dequeue(worker, 5) == []
+            worker.execute("SELECT * FROM pgjobs.complete_and_dequeue('w1', '{default}', 5)").fetchall()
+            worker.execute("SELECT pgjobs.complete_many('{}')")
+            worker.execute("SELECT * FROM pgjobs.worker_heartbeat('w1')").fetchall()
+        conn.execute("INSERT INTO pgjobs.jobs (task) SELECT 't' FROM generate_series(1, 20000)")
+        plans = explain_nested(worker)
+        claimed = dequeue(worker, 5)
+        ids, attempts = [j["id"] for j in claimed], [j["attempts"] for j in claimed]
+        worker.execute("SELECT * FROM pgjobs.complete_and_dequeue('w1', '{default}', 5, %s, NULL, %s)", [ids, attempts])
+        worker.execute("SELECT * FROM pgjobs.worker_heartbeat('w1', %s, %s)", [ids, attempts]).fetchall()
+        one(worker, "SELECT pgjobs.fail(%s, 'boom')", [ids[0]])
+    assert len(claimed) == 5
+    touching = [p for p in plans if "jobs_live" in p]
+    assert len(touching) >= 5, plans
+    for plan in touching:
+        assert "Seq Scan on jobs_live" not in plan, plan
+
+
+def test_complete_and_dequeue_records_finished_runs_and_claims_in_one_call(conn: Conn) -> None:
+    first = [one(conn, "SELECT pgjobs.enqueue('t', %s)", [Jsonb({"n": i})]) for i in range(3)]
+    later = [one(conn, "SELECT pgjobs.enqueue('t', meta => %s)", [Jsonb({"m": i})]) for i in range(2)]
+    claimed = conn.execute("SELECT * FROM pgjobs.complete_and_dequeue('w1', '{default}', 3)").fetchall()
+    assert [r["id"] for r in claimed] == first and all(r["claimed"] for r in claimed)
+    assert claimed[0]["args"] == {"n": 0} and claimed[0]["attempts"] == 1 and claimed[0]["meta"] is None
+    stored = job(conn, first[0])
+    for column in ("task", "queue", "priority", "max_attempts", "scheduled_at", "enqueued_at", "started_at", "ttl"):
+        assert claimed[0][column] == stored[column], column
+    # One run is no longer current (its attempt does not match): reported, not completed.
+    rows = conn.execute(
+        """SELECT * FROM pgjobs.complete_and_dequeue('w1', '{default}', 5, %s, ARRAY['1', '2', NULL]::jsonb[], %s)""",
+        [first, [1, 1, 7]],
+    ).fetchall()
+    assert [(r["id"], r["claimed"]) for r in rows] == [(first[2], False), (later[0], True), (later[1], True)]
+    assert rows[1]["meta"] == {"m": 0} and rows[2]["task"] is not None
+    assert [job(conn, i)["status"] for i in first] == ["complete", "complete", "active"]
+    assert job(conn, first[1])["result"] == 2
+    # Nothing to claim: only the completions.
+    rows = conn.execute("SELECT * FROM pgjobs.complete_and_dequeue('w1', '{default}', 0, %s)", [later]).fetchall()
+    assert rows == [] and {job(conn, i)["status"] for i in later} == {"complete"}
+
+
+def test_complete_and_dequeue_refuses_bad_input_and_changes_nothing(conn: Conn) -> None:
+    job_id = one(conn, "SELECT pgjobs.enqueue('t')")
+    dequeue(conn)
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="max_jobs"):
+        conn.execute("SELECT * FROM pgjobs.complete_and_dequeue('w1', '{default}', -1, %s)", [[job_id]])
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="attempts"):
+        conn.execute("SELECT * FROM pgjobs.complete_and_dequeue('w1', '{default}', 1, %s, NULL, '{1,2}')", [[job_id]])
+    assert job(conn, job_id)["status"] == "active"
 
 
 def test_enqueue_many_names_an_unknown_option_and_adds_nothing(conn: Conn) -> None:
