@@ -110,10 +110,10 @@ END;
 $$;
 
 -- A worker's round trip: record the results of its finished runs (done_*: as complete_many) and
--- claim its next jobs (as dequeue) in one transaction, so that a worker pays one round trip and one commit
--- where the two calls cost two. Returns one row per job claimed (claimed true, the columns a run
--- needs; meta NULL when empty), then one per completion that changed nothing because the run was
--- no longer current (claimed false, the other columns NULL).
+-- claim its next jobs (as dequeue) in one transaction, so that a worker pays one round trip and
+-- one commit where the two calls cost two. Returns first one row per completion that changed
+-- nothing because the run was no longer current (claimed false, the other columns NULL), then one
+-- per job claimed (claimed true, the columns a run needs; meta NULL when empty).
 CREATE OR REPLACE FUNCTION pgjobs.complete_and_dequeue(
     worker_id text,
     queues text[],
