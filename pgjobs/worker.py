@@ -175,6 +175,8 @@ class Worker:
         # Set when the exchange loop has something to do: a notification, an outcome, a free slot.
         self._wake: asyncio.Event | None = None
         self._stop_event: asyncio.Event | None = None
+        # Set by the exchange loop once it has seen stop(): no claim is in flight any more.
+        self._claims_over: asyncio.Event | None = None
         self._beat_now: asyncio.Event | None = None
 
     # -- control --------------------------------------------------------------------------------
@@ -215,6 +217,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
+        self._claims_over = asyncio.Event()
         self._beat_now = asyncio.Event()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -243,7 +246,7 @@ class Worker:
         )  # fmt: skip
         try:
             await self._until_stopping(exchange)
-            await self._drain()
+            await self._drain(exchange)
         finally:
             self._closing = True
             self._wake.set()
@@ -324,9 +327,11 @@ class Worker:
         """Record outcomes and claim jobs, one round trip at a time, until the worker closes and
         every outcome is recorded. A claim is tried when a slot is free and jobs may be due: after
         a notification, an outcome or a claim that filled every slot, and every poll_interval."""
-        assert self._wake is not None
+        assert self._wake is not None and self._claims_over is not None
         poll_due = True
         while True:
+            if self._stopping:
+                self._claims_over.set()
             claiming = not self._stopping and not self._fenced
             free = self.concurrency - len(self._running) if claiming else 0
             claim = free > 0 and (poll_due or self._saturated or self._wake.is_set())
@@ -351,6 +356,7 @@ class Worker:
         """One round trip: record the outbox's outcomes and claim up to n jobs. On an error a later
         attempt can mend, the outcomes go back to the outbox (still under their fence) and no job
         is claimed."""
+        assert self._claims_over is not None
         batch, self._outbox = self._outbox, []
         recorded: list[_Outcome] = []
         try:
@@ -385,6 +391,8 @@ class Worker:
             self._outbox[:0] = [o for o in batch if id(o) not in gone]
             if not _database.transient(exc):
                 raise
+            if self._stopping:
+                self._claims_over.set()  # this exchange claimed nothing; do not hold the drain up
             await self._outage.backoff()
             return []
         self._outage.ok()
@@ -398,7 +406,14 @@ class Worker:
                 logger.info("job %d %s complete in %.1f ms", o.job.id, o.job.task, o.seconds * 1000)
         return [Job._claimed(r, self.id) for r in rows if r[1]]
 
-    async def _drain(self) -> None:
+    async def _drain(self, exchange: asyncio.Task[None]) -> None:
+        # A claim in flight when stop() came starts its jobs when it returns: they are ours to run.
+        assert self._claims_over is not None
+        over = asyncio.create_task(self._claims_over.wait())
+        try:
+            await asyncio.wait({exchange, over}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            over.cancel()
         if not self._running:
             return
         logger.info("waiting up to %.0f s for %d running job(s)", self.shutdown_grace, len(self._running))

@@ -160,6 +160,36 @@ def test_stop_lets_running_jobs_finish(env_dsn: str) -> None:
     assert job is not None and job.status is JobStatus.COMPLETE and job.result == "rested"
 
 
+def test_jobs_claimed_while_stop_is_called_still_run_and_complete(env_dsn: str) -> None:
+    # The job is enqueued in a transaction that holds the table: the worker's claim waits for it,
+    # stop() comes while the claim is in flight, then the claim returns the job.
+    async def body(worker: pgjobs.Worker) -> int:
+        async with (
+            await psycopg.AsyncConnection.connect(env_dsn) as lock,
+            await psycopg.AsyncConnection.connect(env_dsn, autocommit=True) as watch,
+        ):
+            await lock.execute("LOCK TABLE pgjobs.jobs_live IN ACCESS EXCLUSIVE MODE")
+            job = await pgjobs.enqueue_async(nap, 0.2, conn=lock)
+            for _ in range(200):
+                cur = await watch.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE query LIKE '%complete_and_dequeue%' AND wait_event_type = 'Lock'"
+                )
+                if (await cur.fetchone() or (0,))[0]:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the worker's claim never waited on the lock")
+            worker.stop()
+            await asyncio.sleep(0.3)
+        return job.id  # type: ignore[return-value]
+
+    # Heartbeats wait on the lock too: they get a connection of their own.
+    job_id = run_with_worker(env_dsn, body, shutdown_grace=10, connections=2, reaper=None, scheduler=None)
+    job = pgjobs.get_job(job_id)
+    assert job is not None and job.status is JobStatus.COMPLETE and job.result == "rested"
+
+
 @pytest.mark.parametrize("task", [nap, sync_nap])
 def test_jobs_still_running_after_the_grace_period_go_back_to_the_queue(env_dsn: str, task: Any) -> None:
     async def body(worker: pgjobs.Worker) -> int:
