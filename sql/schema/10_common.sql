@@ -145,6 +145,20 @@ BEGIN
 END;
 $$;
 
+-- Announce new jobs on pgjobs.events as the insert trigger does: enqueue writes to jobs_live, whose
+-- inserts do not fire the statement triggers of pgjobs.jobs.
+CREATE OR REPLACE FUNCTION pgjobs._announce_new(ids bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF coalesce(current_setting('pgjobs.events', true), '') = 'off' OR NOT pgjobs._heard('pgjobs.events') THEN
+        RETURN;
+    END IF;
+    PERFORM pg_notify('pgjobs.events', string_agg(u.id || ':queued', ','))
+    FROM unnest(ids) WITH ORDINALITY AS u(id, n)
+    GROUP BY (u.n - 1) / 300;
+END;
+$$;
+
 -- Whether the session's role may act on a job that owner enqueued: its own, or it is a worker or
 -- not a client at all. session_user, not current_user: public functions run as their owner.
 CREATE OR REPLACE FUNCTION pgjobs._may_act(owner text) RETURNS boolean

@@ -134,20 +134,22 @@ BEGIN
     r := pgjobs._job_row('', task, args, queue, priority, scheduled_at, group_key, key,
                          max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta);
     LOOP
-        INSERT INTO pgjobs.jobs AS t (queue, task, args, priority, group_key, key, max_attempts,
-                                      scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
-        VALUES (r.queue, r.task, r.args, r.priority, r.group_key, r.key, r.max_attempts,
-                r.scheduled_at, r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl, r.meta)
+        -- Straight into the hot partition: routing through pgjobs.jobs costs a third of the call.
+        INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, priority, group_key, key, max_attempts,
+                                           scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
+        VALUES (nextval('pgjobs.jobs_id_seq'::regclass), r.queue, r.task, r.args, r.priority, r.group_key, r.key,
+                r.max_attempts, r.scheduled_at, r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl, r.meta)
         -- The one unique index a new job can meet: jobs_live_enqueued_by_key_idx.
         ON CONFLICT DO NOTHING
         RETURNING t.* INTO j;
         IF FOUND THEN
             -- Delivered at commit only, and folded into one per channel per transaction.
             PERFORM pg_notify(pgjobs._channel(j.queue), '');
+            PERFORM pgjobs._announce_new(ARRAY[j.id]);
             RETURN j;
         END IF;
         -- A new statement sees the job that won the conflict, even one committed a moment ago.
-        SELECT * INTO j FROM pgjobs.jobs t
+        SELECT * INTO j FROM pgjobs.jobs_live t
         WHERE t.enqueued_by = session_user AND t.key = r.key AND t.status IN ('queued', 'active', 'aborting')
           AND t.expires_at IS NULL;
         IF FOUND THEN
@@ -233,9 +235,8 @@ BEGIN
     ), refused AS (
         SELECT i.problem FROM input i WHERE i.problem IS NOT NULL ORDER BY i.i LIMIT 1
     ), inserted AS (
-        INSERT INTO pgjobs.jobs AS t (id, queue, task, args, priority, group_key, key, max_attempts,
-                                      scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
-        OVERRIDING SYSTEM VALUE
+        INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, priority, group_key, key, max_attempts,
+                                           scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
         SELECT i.new_id, i.queue, i.task, i.args, i.priority, i.group_key, i.key, i.max_attempts,
                i.scheduled_at, i.timeout, i.heartbeat, i.retry_delay, i.retry_backoff, i.ttl, i.meta
         FROM input i
@@ -256,10 +257,11 @@ BEGIN
     END IF;
 
     PERFORM pg_notify(pgjobs._channel(q), '') FROM unnest(queues) AS q;
+    PERFORM pgjobs._announce_new(array_remove(ids, NULL));
 
     -- A new statement sees the jobs that hold the conflicting keys, this call's own included.
     RETURN QUERY
-    SELECT u.i, coalesce(u.id, (SELECT t.id FROM pgjobs.jobs t
+    SELECT u.i, coalesce(u.id, (SELECT t.id FROM pgjobs.jobs_live t
                                 WHERE t.enqueued_by = session_user AND t.key = u.key
                                   AND t.status IN ('queued', 'active', 'aborting') AND t.expires_at IS NULL))
     FROM unnest(items, ids, keys) AS u(i, id, key)

@@ -260,6 +260,9 @@ def test_every_status_change_is_an_event(conn: Conn) -> None:
     conn.execute("UPDATE pgjobs.jobs SET meta = '{}'")  # no status change, no event
     items = [i for n in conn.notifies(timeout=0.5) for i in n.payload.split(",")]
     assert items == [f"{a}:queued", f"{b}:queued", f"{a}:active", f"{a}:complete", f"{b}:aborted"]
+    many = [r["id"] for r in conn.execute("""SELECT id FROM pgjobs.enqueue_many('[{"task": "t"}, {"task": "t"}]')""")]
+    items = [i for n in conn.notifies(timeout=0.5) for i in n.payload.split(",")]
+    assert items == [f"{i}:queued" for i in many]
     conn.execute("SET pgjobs.events = 'off'")
     one(conn, "SELECT pgjobs.enqueue('t')")
     assert list(conn.notifies(timeout=0.3)) == []
