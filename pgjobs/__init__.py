@@ -29,6 +29,7 @@ from .client import (
 from .errors import ArgumentError, ConfigurationError, JobCancelled, PgjobsError, SchemaError, UnknownTaskError
 from .job import Job, JobStatus
 from .migrations import migrate
+from .queue import Queue, queues, queues_async, set_queue, set_queue_async
 from .reaper import ReapCounts, Reaper, ReaperConfig
 from .schedules import BackfillSummary, Schedule, Scheduler, SchedulerConfig, backfill, periodic
 from .tasks import Task, task
@@ -46,6 +47,7 @@ __all__ = [
     "JobRequest",
     "JobStatus",
     "PgjobsError",
+    "Queue",
     "ReapCounts",
     "Reaper",
     "ReaperConfig",
@@ -74,10 +76,14 @@ __all__ = [
     "job",
     "migrate",
     "periodic",
+    "queues",
+    "queues_async",
     "reap",
     "reap_async",
     "redact",
     "resolve_dsn",
+    "set_queue",
+    "set_queue_async",
     "stop_worker",
     "stop_worker_async",
     "task",

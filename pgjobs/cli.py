@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 
-from . import _database, _sql, client, embedded, migrations, schedules, tasks
+from . import _database, _sql, client, embedded, migrations, queue, schedules, tasks
 from .errors import ConfigurationError, PgjobsError, SchemaError
 from .job import Job
 from .reaper import ReaperConfig
@@ -181,6 +181,67 @@ def _schedules(args: argparse.Namespace) -> int:
     if not found:
         raise PgjobsError(f"no schedule named {args.name!r}")
     print({"pause": "paused", "resume": "resumed", "remove": "removed"}[args.action])
+    return 0
+
+
+_PER = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _parse_rate(text: str) -> tuple[int, float]:
+    """``10/s``, ``600/m``, ``5/10s``, ``1000/h``: (claims, seconds); ``0`` or ``none``: no limit."""
+    if text.strip().lower() in ("0", "none", "off"):
+        return 0, 0.0
+    count, _, per = text.partition("/")
+    unit = per.lstrip("0123456789.")
+    try:
+        n = int(count)
+        seconds = float(per[: len(per) - len(unit)] or 1) * _PER[unit or "s"]
+    except (ValueError, KeyError):
+        raise PgjobsError(f"{text!r} is not a rate like 10/s, 600/m, 5/10s or 1000/h (0: no limit)") from None
+    return n, seconds
+
+
+def _describe(q: queue.Queue) -> str:
+    limits = []
+    if q.rate_limit:
+        limits.append(f"rate={q.rate_limit}/{q.rate_period:g}s")
+    if q.max_active:
+        limits.append(f"max-active={q.max_active}")
+    if q.group_rate_limit:
+        limits.append(f"group-rate={q.group_rate_limit}/{q.group_rate_period:g}s")
+    if q.group_max_active != 1:
+        limits.append(f"group-max-active={q.group_max_active or 'none'}")
+    waited = "" if q.oldest_queued_seconds is None else f" oldest={q.oldest_queued_seconds:.1f}s"
+    return (
+        f"{q.queue}  {'paused' if q.paused else 'running'}  queued={q.queued} scheduled={q.scheduled} "
+        f"active={q.active}{waited}  {' '.join(limits) or 'no limits'}"
+    )
+
+
+def _queues(args: argparse.Namespace) -> int:
+    with _connection(args) as conn:
+        for q in queue.queues(conn=conn):
+            print(_describe(q))
+    return 0
+
+
+def _queue(args: argparse.Namespace) -> int:
+    settings: dict[str, Any] = {}
+    if args.action in ("pause", "resume"):
+        settings["paused"] = args.action == "pause"
+    else:
+        if args.rate is not None:
+            settings["rate_limit"], settings["rate_period"] = _parse_rate(args.rate)
+        if args.group_rate is not None:
+            settings["group_rate_limit"], settings["group_rate_period"] = _parse_rate(args.group_rate)
+        if args.max_active is not None:
+            settings["max_active"] = args.max_active
+        if args.group_max_active is not None:
+            settings["group_max_active"] = args.group_max_active
+        if not settings:
+            raise PgjobsError("queue limit needs --rate, --max-active, --group-rate or --group-max-active")
+    with _connection(args) as conn:
+        print(_describe(queue.set_queue(args.name, conn=conn, **settings)))
     return 0
 
 
@@ -354,6 +415,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="say what would be enqueued, change nothing")
     c.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the jobs and count how they ended")
     c.set_defaults(func=_backfill)
+
+    c = command("queues", "list queues: settings, jobs queued and running, the oldest wait")
+    c.set_defaults(func=_queues)
+
+    c = command("queue", "pause, resume or limit a queue (every worker obeys at its next claim)")
+    c.add_argument("action", choices=["pause", "resume", "limit"])
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("--rate", help="claims per period across all workers: 10/s, 600/m, 5/10s (0: no limit)")
+    c.add_argument("--max-active", type=int, help="active jobs of the queue at most (0: no limit)")
+    c.add_argument("--group-rate", help="claims per period for each group_key (0: no limit)")
+    c.add_argument("--group-max-active", type=int, help="active jobs of one group at most (default 1; 0: no limit)")
+    c.set_defaults(func=_queue)
 
     c = command("dsn", "print the DSN in use (password hidden)")
     c.set_defaults(func=_dsn)

@@ -136,7 +136,8 @@ def migrate_connection(conn: psycopg.Connection[_database.Row], *, target: int |
                 f"versions go down to {blocked[-1].version} at most (restore a backup to go further)"
             )
         pending = [m for m in migrations if m.version <= target and m.version not in done]
-        with_files = target >= SCHEMA_FILES_FROM
+        # The files hold the functions of the latest version: an older one gets none of them.
+        with_files = target == len(migrations)
         if (
             not pending
             and with_files

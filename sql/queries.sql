@@ -220,3 +220,20 @@ SELECT pgjobs.unschedule(%(name)s) AS found;
 -- name: schedule_backfill
 -- Enqueue the jobs of given ticks of a schedule.
 SELECT * FROM pgjobs.backfill(%(name)s, %(ticks)s::timestamptz[], %(rerun_failed)s, %(dry_run)s);
+
+-- name: queue_set
+-- Change a queue's settings (NULL leaves one as it is); returns the queue's row of pgjobs.queues.
+SELECT * FROM pgjobs.set_queue(
+    queue => %(queue)s::text,
+    paused => %(paused)s::boolean,
+    rate_limit => %(rate_limit)s::integer,
+    rate_period => %(rate_period)s::double precision,
+    max_active => %(max_active)s::integer,
+    group_rate_limit => %(group_rate_limit)s::integer,
+    group_rate_period => %(group_rate_period)s::double precision,
+    group_max_active => %(group_max_active)s::integer
+);
+
+-- name: queue_list
+-- Every queue with unfinished jobs or settings.
+SELECT * FROM pgjobs.queues ORDER BY queue;

@@ -1,6 +1,7 @@
 -- Claim: dequeue.
 
--- Claim due jobs (jobs without a group claimed by the statement that locks them).
+-- Claim due jobs (jobs without a group claimed by the statement that locks them), within the
+-- settings of their queues (pgjobs.queue_settings: pause, rate limits, active jobs at most).
 CREATE OR REPLACE FUNCTION pgjobs.dequeue(worker_id text, queues text[], max_jobs integer DEFAULT 1)
 RETURNS SETOF pgjobs.jobs
 LANGUAGE plpgsql
@@ -14,13 +15,28 @@ SET plan_cache_mode = force_generic_plan SET jit = off SET enable_seqscan = off 
 #variable_conflict use_column
 DECLARE
     wanted integer := max_jobs;
+    -- Per queue, in the order of queues: how many more this call may claim (NULL: no limit), and
+    -- for each of its groups the active runs and the claims per window at most (0: no limit).
+    caps integer[] := '{}';
+    group_caps integer[] := '{}';
+    group_rates integer[] := '{}';
+    group_periods double precision[] := '{}';
+    limited boolean := false;
+    counted text[] := '{}';        -- queues whose claims feed their sliding window
+    group_counted text[] := '{}';  -- queues whose groups' claims do
+    s record;
+    cap bigint;
     rows pgjobs.jobs[];
+    grouped pgjobs.jobs[];
+    taken pgjobs.jobs[] := '{}';
     locked integer;
     ids bigint[];
+    id_queues text[];
     groups text[];
-    claimed integer;
-    grouped integer;
+    claim_ids bigint[];
+    claim_slots integer[];
     rounds integer := 0;
+    claimed integer;
 BEGIN
     IF worker_id IS NULL OR worker_id = '' THEN
         PERFORM pgjobs._refuse('worker_id', 'must be a non-empty text');
@@ -31,33 +47,85 @@ BEGIN
     IF queues IS NULL THEN
         PERFORM pgjobs._refuse('queues', 'must be an array of queue names');
     END IF;
-    -- Group exclusivity relies on each statement taking a fresh snapshot.
+    -- Group exclusivity and the limits rely on each statement taking a fresh snapshot.
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'pgjobs: dequeue must run at READ COMMITTED isolation, not %',
             current_setting('transaction_isolation') USING ERRCODE = 'invalid_transaction_state';
     END IF;
+    -- Queues without settings pay one probe of an index for them.
+    IF max_jobs > 0 AND EXISTS (SELECT FROM pgjobs.queue_settings q WHERE q.queue = ANY (dequeue.queues)) THEN
+        limited := true;
+        FOR s IN
+            SELECT u.name, u.n, q.paused, q.rate_limit, q.rate_period, q.max_active, q.group_rate_limit,
+                   q.group_rate_period, q.group_max_active
+            FROM unnest(dequeue.queues) WITH ORDINALITY AS u(name, n)
+            LEFT JOIN pgjobs.queue_settings q ON q.queue = u.name
+            ORDER BY u.name  -- queue locks taken in one order by every claimer
+        LOOP
+            cap := NULL;
+            IF s.paused THEN
+                cap := 0;
+            ELSIF s.max_active > 0 OR s.rate_limit > 0 THEN
+                -- Claimers of a limited queue take turns: each counts what those before it committed.
+                PERFORM pg_advisory_xact_lock(1885957987, hashtext(s.name));
+                cap := max_jobs;
+                IF s.max_active > 0 THEN
+                    cap := least(cap, s.max_active - (SELECT count(*) FROM pgjobs.jobs_live a
+                                                      WHERE a.queue = s.name AND a.status IN ('active', 'aborting')));
+                END IF;
+                IF s.rate_limit > 0 THEN
+                    DELETE FROM pgjobs.queue_claims w
+                    WHERE w.queue = s.name AND w.group_key = ''
+                      AND w.claimed_at <= now() - make_interval(secs => s.rate_period);
+                    cap := least(cap, s.rate_limit - (SELECT count(*) FROM pgjobs.queue_claims w
+                                                      WHERE w.queue = s.name AND w.group_key = ''));
+                    counted := counted || s.name;
+                END IF;
+                cap := greatest(cap, 0);
+            END IF;
+            IF s.group_rate_limit > 0 THEN
+                DELETE FROM pgjobs.queue_claims w
+                WHERE w.queue = s.name AND w.group_key <> ''
+                  AND w.claimed_at <= now() - make_interval(secs => s.group_rate_period);
+                group_counted := group_counted || s.name;
+            END IF;
+            caps[s.n] := cap;
+            group_caps[s.n] := coalesce(s.group_max_active, 1);
+            group_rates[s.n] := coalesce(s.group_rate_limit, 0);
+            group_periods[s.n] := coalesce(s.group_rate_period, 0);
+        END LOOP;
+    END IF;
     WHILE wanted > 0 AND rounds < 4 LOOP
         rounds := rounds + 1;
-        -- 1. Lock candidates and claim those without a group at once. A grouped candidate also
-        --    takes its group's transaction-scoped advisory lock, so that concurrent claimers of one
-        --    group serialise on it, and is claimed by the next statement.
+        -- 1. Lock candidates and claim those whose group has no limit at once. A candidate of a
+        --    limited group also takes the group's transaction-scoped advisory lock, so that
+        --    concurrent claimers of one group serialise on it, and is claimed by the next statement.
         WITH c AS (
             -- One ordered index scan per queue (queue = ANY(...) would sort the whole backlog).
-            SELECT l.* FROM unnest(dequeue.queues) AS q(name)
+            SELECT l.* FROM unnest(dequeue.queues, caps, group_caps, group_rates, group_periods)
+                AS q(name, cap, gcap, grate, gperiod)
             CROSS JOIN LATERAL (
-                SELECT j.id, j.priority, j.scheduled_at, j.group_key
+                SELECT j.id, j.queue, j.priority, j.scheduled_at,
+                       CASE WHEN coalesce(q.gcap, 1) > 0 OR coalesce(q.grate, 0) > 0 THEN j.group_key END AS group_key
                 FROM pgjobs.jobs j
                 WHERE j.status = 'queued' AND j.expires_at IS NULL
                   AND j.queue = q.name
                   AND j.scheduled_at <= now()
                   AND (j.group_key IS NULL OR (
                        -- OFFSET 0: probe the group index per candidate; never hash every running job.
-                       NOT EXISTS (SELECT FROM pgjobs.jobs a
-                                   WHERE a.group_key = j.group_key AND a.status IN ('active', 'aborting')
-                                     AND a.expires_at IS NULL OFFSET 0)
-                       AND pg_try_advisory_xact_lock(1885957986, hashtext(j.group_key))))
+                       (coalesce(q.gcap, 1) = 0
+                        OR (SELECT count(*) FROM (SELECT FROM pgjobs.jobs a
+                                                  WHERE a.group_key = j.group_key AND a.status IN ('active', 'aborting')
+                                                    AND a.expires_at IS NULL LIMIT coalesce(q.gcap, 1)) a)
+                           < coalesce(q.gcap, 1))
+                       AND (coalesce(q.grate, 0) = 0
+                            OR (SELECT count(*) FROM pgjobs.queue_claims w
+                                WHERE w.queue = q.name AND w.group_key = j.group_key
+                                  AND w.claimed_at > now() - make_interval(secs => q.gperiod)) < q.grate)
+                       AND (coalesce(q.gcap, 1) = 0 AND coalesce(q.grate, 0) = 0
+                            OR pg_try_advisory_xact_lock(1885957986, hashtext(j.group_key)))))
                 ORDER BY j.priority, j.scheduled_at, j.id
-                LIMIT wanted
+                LIMIT least(wanted, q.cap)
                 FOR UPDATE OF j SKIP LOCKED
             ) l
             ORDER BY l.priority, l.scheduled_at, l.id
@@ -67,45 +135,90 @@ BEGIN
             -- many rows it guesses a claim takes (a join could hash the table).
             UPDATE pgjobs.jobs j
             SET status = 'active', attempts = j.attempts + 1, worker_id = dequeue.worker_id,
-                started_at = now(), touched_at = now(), completed_at = NULL
+                started_at = now(), touched_at = now(), completed_at = NULL, group_slot = NULL
             WHERE j.id = ANY (ARRAY(SELECT c.id FROM c WHERE c.group_key IS NULL)) AND j.expires_at IS NULL
             RETURNING j
         )
         SELECT (SELECT array_agg(free.j) FROM free), count(*),
                array_agg(c.id ORDER BY c.priority, c.scheduled_at, c.id) FILTER (WHERE c.group_key IS NOT NULL),
+               array_agg(c.queue ORDER BY c.priority, c.scheduled_at, c.id) FILTER (WHERE c.group_key IS NOT NULL),
                array_agg(c.group_key ORDER BY c.priority, c.scheduled_at, c.id) FILTER (WHERE c.group_key IS NOT NULL)
-        INTO rows, locked, ids, groups
+        INTO rows, locked, ids, id_queues, groups
         FROM c;
         EXIT WHEN locked = 0;
-        claimed := coalesce(cardinality(rows), 0);
-        RETURN QUERY SELECT * FROM unnest(rows);
-        -- 2. Claim the grouped ones. This statement's snapshot was taken after the group locks
-        --    were held, so it sees every group claimed by a transaction that held the lock before us.
+        grouped := NULL;
+        -- 2. Claim the grouped ones, as many of each group as its room allows, each in a free slot.
+        --    This statement's snapshot was taken after the group locks were held, so it sees every
+        --    run claimed by a transaction that held the lock before us.
         IF ids IS NOT NULL THEN
-            RETURN QUERY
             WITH c AS (
-                SELECT u.id, u.group_key,
+                SELECT u.id, u.queue, u.group_key,
                        row_number() OVER (PARTITION BY u.group_key ORDER BY u.ord) AS nth
-                FROM unnest(ids, groups) WITH ORDINALITY AS u(id, group_key, ord)
-            ), free AS (
-                SELECT c.id FROM c
-                WHERE c.nth = 1
-                  AND NOT EXISTS (SELECT FROM pgjobs.jobs a
-                                  WHERE a.group_key = c.group_key AND a.status IN ('active', 'aborting')
-                                    AND a.expires_at IS NULL OFFSET 0)
+                FROM unnest(ids, id_queues, groups) WITH ORDINALITY AS u(id, queue, group_key, ord)
+            ), g AS (
+                SELECT DISTINCT ON (c.group_key) c.group_key, c.queue,
+                       coalesce(q.gcap, 1) AS gcap, coalesce(q.grate, 0) AS grate, q.gperiod
+                FROM c
+                LEFT JOIN unnest(dequeue.queues, group_caps, group_rates, group_periods)
+                    AS q(name, gcap, grate, gperiod) ON q.name = c.queue
+                ORDER BY c.group_key, c.nth
+            ), room AS (
+                SELECT g.group_key,
+                       least(CASE WHEN g.gcap = 0 THEN 2147483647
+                                  ELSE g.gcap - (SELECT count(*) FROM pgjobs.jobs a
+                                                 WHERE a.group_key = g.group_key AND a.status IN ('active', 'aborting')
+                                                   AND a.expires_at IS NULL OFFSET 0) END,
+                             CASE WHEN g.grate = 0 THEN 2147483647
+                                  ELSE g.grate - (SELECT count(*) FROM pgjobs.queue_claims w
+                                                  WHERE w.queue = g.queue AND w.group_key = g.group_key
+                                                    AND w.claimed_at > now() - make_interval(secs => g.gperiod)) END
+                       ) AS n
+                FROM g
+            ), slots AS (
+                SELECT g.group_key, s.slot, row_number() OVER (PARTITION BY g.group_key ORDER BY s.slot) AS nth
+                FROM g CROSS JOIN LATERAL generate_series(0, g.gcap - 1) AS s(slot)
+                WHERE NOT EXISTS (SELECT FROM pgjobs.jobs a
+                                  WHERE a.group_key = g.group_key AND a.group_slot = s.slot
+                                    AND a.status IN ('active', 'aborting') AND a.expires_at IS NULL)
             )
-            UPDATE pgjobs.jobs j
-            SET status = 'active', attempts = j.attempts + 1, worker_id = dequeue.worker_id,
-                started_at = now(), touched_at = now(), completed_at = NULL
-            WHERE j.id = ANY (ARRAY(SELECT free.id FROM free)) AND j.expires_at IS NULL
-            RETURNING j.*;
-            GET DIAGNOSTICS grouped = ROW_COUNT;
-            claimed := claimed + grouped;
+            SELECT array_agg(c.id), array_agg(s.slot)
+            INTO claim_ids, claim_slots
+            FROM c
+            JOIN room r ON r.group_key = c.group_key AND c.nth <= r.n
+            LEFT JOIN slots s ON s.group_key = c.group_key AND s.nth = c.nth;
+            IF claim_ids IS NOT NULL THEN
+                WITH u AS (
+                    UPDATE pgjobs.jobs j
+                    SET status = 'active', attempts = j.attempts + 1, worker_id = dequeue.worker_id,
+                        started_at = now(), touched_at = now(), completed_at = NULL,
+                        group_slot = claim_slots[array_position(claim_ids, j.id)]
+                    WHERE j.id = ANY (claim_ids) AND j.expires_at IS NULL
+                    RETURNING j
+                )
+                SELECT array_agg(u.j) INTO grouped FROM u;
+            END IF;
+        END IF;
+        RETURN QUERY SELECT * FROM unnest(rows);
+        RETURN QUERY SELECT * FROM unnest(grouped);
+        claimed := coalesce(cardinality(rows), 0) + coalesce(cardinality(grouped), 0);
+        wanted := wanted - claimed;
+        IF limited THEN
+            rows := coalesce(rows, '{}') || coalesce(grouped, '{}');
+            taken := taken || rows;
+            caps := ARRAY(SELECT u.cap - (SELECT count(*) FROM unnest(rows) t WHERE t.queue = u.name)
+                          FROM unnest(dequeue.queues, caps) WITH ORDINALITY AS u(name, cap, n) ORDER BY u.n);
         END IF;
         -- Fewer rows locked than asked for: the queue holds no more due jobs for us.
-        EXIT WHEN locked < wanted;
-        wanted := wanted - claimed;
+        EXIT WHEN locked < wanted + claimed;
     END LOOP;
+    -- Each claim of a rate-limited queue or group enters its sliding window.
+    IF cardinality(counted) > 0 OR cardinality(group_counted) > 0 THEN
+        INSERT INTO pgjobs.queue_claims (queue, group_key, claimed_at)
+        SELECT t.queue, '', now() FROM unnest(taken) t WHERE t.queue = ANY (counted)
+        UNION ALL
+        SELECT t.queue, t.group_key, now() FROM unnest(taken) t
+        WHERE t.queue = ANY (group_counted) AND t.group_key IS NOT NULL;
+    END IF;
 END;
 $$;
 

@@ -1,0 +1,114 @@
+"""Queue settings (pause, rate limits, active jobs at most) and what each queue holds."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, fields
+from typing import Any
+
+from . import _database, _sql
+from ._calls import AsyncConnection, Call, Connection, run, run_async
+
+
+@dataclass(frozen=True)
+class Queue:
+    """A row of the ``pgjobs.queues`` view: a queue's settings and its jobs of the moment.
+
+    Limits of 0 mean none; ``group_max_active`` 1 (the default) runs a group's jobs one at a time.
+    """
+
+    queue: str
+    paused: bool = False
+    rate_limit: int = 0
+    rate_period: float = 0.0
+    max_active: int = 0
+    group_rate_limit: int = 0
+    group_rate_period: float = 0.0
+    group_max_active: int = 1
+    queued: int = 0
+    scheduled: int = 0
+    active: int = 0
+    oldest_queued_seconds: float | None = None
+    updated_at: dt.datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: _database.Row) -> Queue:
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
+
+
+def _seconds(value: float | dt.timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, dt.timedelta) else value
+
+
+def _set_queue_call(queue: str, settings: dict[str, Any]) -> Call[Queue]:
+    params = {"queue": queue, **settings}
+    for k in ("rate_period", "group_rate_period"):
+        params[k] = _seconds(params[k])
+    return Call(_sql.query("queue_set"), params, lambda rows: Queue.from_row(rows[0]))
+
+
+def _queues_call() -> Call[list[Queue]]:
+    return Call(_sql.query("queue_list"), {}, lambda rows: [Queue.from_row(r) for r in rows])
+
+
+def set_queue(
+    queue: str,
+    *,
+    paused: bool | None = None,
+    rate_limit: int | None = None,
+    rate_period: float | dt.timedelta | None = None,
+    max_active: int | None = None,
+    group_rate_limit: int | None = None,
+    group_rate_period: float | dt.timedelta | None = None,
+    group_max_active: int | None = None,
+    conn: Connection | None = None,
+) -> Queue:
+    """Change a queue's settings (None leaves one as it is) and return the queue as it stands.
+
+    Every worker of every language obeys them at its next claim; resuming or loosening a queue
+    wakes its workers at once.
+
+    :param paused: no new claims while true; running jobs finish.
+    :param rate_limit: at most this many claims in any ``rate_period`` (seconds) window; 0 lifts it.
+    :param max_active: at most this many active jobs of the queue across all workers; 0 lifts it.
+    :param group_rate_limit: the same as rate_limit, for each ``group_key`` of the queue.
+    :param group_max_active: active jobs of one group at most (default 1; 0: no limit).
+    :param conn: a connection of the caller's: the change joins its transaction.
+    """
+    settings = {
+        "paused": paused, "rate_limit": rate_limit, "rate_period": rate_period, "max_active": max_active,
+        "group_rate_limit": group_rate_limit, "group_rate_period": group_rate_period,
+        "group_max_active": group_max_active,
+    }  # fmt: skip
+    return run(_set_queue_call(queue, settings), conn)
+
+
+async def set_queue_async(
+    queue: str,
+    *,
+    paused: bool | None = None,
+    rate_limit: int | None = None,
+    rate_period: float | dt.timedelta | None = None,
+    max_active: int | None = None,
+    group_rate_limit: int | None = None,
+    group_rate_period: float | dt.timedelta | None = None,
+    group_max_active: int | None = None,
+    conn: AsyncConnection | None = None,
+) -> Queue:
+    """The async twin of set_queue()."""
+    settings = {
+        "paused": paused, "rate_limit": rate_limit, "rate_period": rate_period, "max_active": max_active,
+        "group_rate_limit": group_rate_limit, "group_rate_period": group_rate_period,
+        "group_max_active": group_max_active,
+    }  # fmt: skip
+    return await run_async(_set_queue_call(queue, settings), conn)
+
+
+def queues(*, conn: Connection | None = None) -> list[Queue]:
+    """Every queue that has unfinished jobs or settings, by name."""
+    return run(_queues_call(), conn)
+
+
+async def queues_async(*, conn: AsyncConnection | None = None) -> list[Queue]:
+    """The async twin of queues()."""
+    return await run_async(_queues_call(), conn)
