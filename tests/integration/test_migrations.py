@@ -127,7 +127,8 @@ def test_an_upgrade_from_any_earlier_version_equals_a_fresh_install(
         # as its functions left them (a running job of a group among them).
         with psycopg.connect(empty_dsn, autocommit=True) as conn:
             conn.execute(
-                """INSERT INTO pgjobs.jobs (task, ttl, status, group_key, worker_id, started_at, completed_at, expires_at)
+                """INSERT INTO pgjobs.jobs
+                       (task, ttl, status, group_key, worker_id, started_at, completed_at, expires_at)
                    VALUES ('t', 0, 'complete', NULL, 'w', now(), now(), '9999-12-31 00:00:00+00'),
                           ('t', -1, 'complete', NULL, 'w', now(), now(), NULL),
                           ('t', 60, 'active', 'g', 'w', now(), NULL, NULL),
