@@ -1,0 +1,80 @@
+"""Queue settings under real worker processes: every worker obeys one limit together."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from .helpers import Process
+
+pytestmark = pytest.mark.acceptance
+
+
+def run_workers(dsn: str, tmp_path: Path, total: int, *args: str, timeout: float = 120) -> None:
+    env = {"PGJOBS_ACCEPTANCE_LOG": str(tmp_path)}
+    workers = [
+        Process("--log-level", "warning", "worker", "tests.acceptance.tasks", "--dsn", dsn, "-c", "20", *args, env=env)
+        for _ in range(4)
+    ]
+    try:
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while conn.execute("SELECT count(*) FROM pgjobs.jobs WHERE status = 'complete'").fetchone() != (total,):
+                assert time.monotonic() < deadline, f"not all {total} jobs completed within {timeout} s"
+                time.sleep(0.2)
+        for w in workers:
+            w.signal(signal.SIGTERM)
+        assert [w.wait(timeout=30) for w in workers] == [0, 0, 0, 0], [w.output() for w in workers]
+    finally:
+        for w in workers:
+            w.close()
+
+
+def enqueue(dsn: str, jobs: list[dict[str, object]], **settings: object) -> None:
+    names = ", ".join(f"{k} => %({k})s" for k in settings)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"SELECT pgjobs.set_queue('default', {names})", settings)
+        conn.execute("SELECT pgjobs.enqueue_many(%s)", [Jsonb(jobs)])
+
+
+def starts_and_ends(dsn: str) -> list[tuple[float, float, str | None]]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT extract(epoch FROM started_at)::float8, extract(epoch FROM completed_at)::float8, group_key"
+            " FROM pgjobs.jobs ORDER BY started_at"
+        ).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def test_a_rate_limit_holds_across_four_workers(dsn: str, tmp_path: Path) -> None:
+    limit, period, total = 20, 1.0, 120
+    enqueue(dsn, [{"task": "acceptance.record"} for _ in range(total)], rate_limit=limit, rate_period=period)
+    run_workers(dsn, tmp_path, total)
+    starts = [s for s, _, _ in starts_and_ends(dsn)]
+    # No window of one period holds more claims than the limit (the database clock of each claim).
+    busiest = max(sum(1 for t in starts if s - period < t <= s) for s in starts)
+    assert busiest <= limit
+    rate = (len(starts) - limit) / (starts[-1] - starts[0])
+    print(f"{rate:.1f} claims/s for a limit of {limit}/s")
+    assert rate > 0.6 * limit / period  # loosely: the limit does not stall the queue
+
+
+def test_max_active_and_group_max_active_hold_across_four_workers(dsn: str, tmp_path: Path) -> None:
+    jobs = [{"task": "acceptance.record", "args": {"seconds": 0.05}, "group_key": f"g{i % 3}"} for i in range(60)]
+    jobs += [{"task": "acceptance.record", "args": {"seconds": 0.05}} for _ in range(60)]
+    enqueue(dsn, jobs, max_active=5, group_max_active=2)
+    run_workers(dsn, tmp_path, len(jobs))
+    spans = starts_and_ends(dsn)
+
+    def most_at_once(group: str | None = "any") -> int:
+        chosen = [(s, e) for s, e, g in spans if group == "any" or g == group]
+        return max(sum(1 for s2, e2 in chosen if s2 <= s < e2) for s, _ in chosen)
+
+    assert most_at_once() <= 5
+    assert all(most_at_once(g) <= 2 for g in ("g0", "g1", "g2"))
+    assert most_at_once() >= 3  # the workers did run jobs side by side
