@@ -38,7 +38,7 @@ class TaskRef(Protocol):
 
 OPTION_NAMES = frozenset(
     {"queue", "priority", "scheduled", "delay", "group_key", "key", "retries", "timeout",
-     "heartbeat", "retry_delay", "retry_backoff", "ttl", "meta"}
+     "heartbeat", "retry_delay", "retry_backoff", "ttl", "meta", "depends_on"}
 )  # fmt: skip
 
 
@@ -72,15 +72,20 @@ class JobRequest:
     def params(self) -> dict[str, Any]:
         """Parameters of the ``job_enqueue`` query."""
         o = self.options
+        parents = o.get("depends_on")
+        if parents and any(isinstance(p, JobRequest) for p in parents):
+            raise ArgumentError("depends_on names a job not enqueued yet: enqueue both in one enqueue_many()")
         return {
             "task": self.task,
             "args": to_json(self.args, f"the arguments of task {self.task!r}"),
             "meta": to_json(o["meta"], "meta") if o.get("meta") is not None else None,
+            "depends_on": list(parents) if parents else None,
             **{k: o.get(k) for k in _COLUMNS},
         }
 
-    def document(self) -> dict[str, Any]:
-        """This job as one element of the JSON array that ``pgjobs.enqueue_many`` takes."""
+    def document(self, position: Mapping[int, int] | None = None) -> dict[str, Any]:
+        """This job as one element of the JSON array that ``pgjobs.enqueue_many`` takes;
+        ``position`` maps ``id()`` of the requests of that array to their index."""
         doc: dict[str, Any] = {"task": self.task, "args": self.args}
         for k in (*_COLUMNS, "meta"):
             v = self.options.get(k)
@@ -90,6 +95,16 @@ class JobRequest:
                 v = "Infinity"
             if v is not None:
                 doc[k] = v
+        parents = self.options.get("depends_on")
+        if parents:
+            ids = [p for p in parents if not isinstance(p, JobRequest)]
+            items = [(position or {}).get(id(p)) for p in parents if isinstance(p, JobRequest)]
+            if None in items:
+                raise ArgumentError("depends_on names a job that is not in this enqueue_many() call")
+            if ids:
+                doc["depends_on"] = ids
+            if items:
+                doc["depends_on_items"] = items
         return doc
 
 
@@ -115,6 +130,7 @@ def job(
     retry_backoff: bool | float | None = None,
     ttl: int | dt.timedelta | None = None,
     meta: Mapping[str, Any] | None = None,
+    depends_on: Sequence[int | Job | JobRequest] | None = None,
     **task_kwargs: Any,
 ) -> JobRequest:
     """Describe a job to enqueue; see enqueue() for the parameters. Nothing is sent."""
@@ -122,7 +138,7 @@ def job(
         "queue": queue, "priority": priority, "scheduled": scheduled, "delay": delay,
         "group_key": group_key, "key": key, "retries": retries, "timeout": timeout,
         "heartbeat": heartbeat, "retry_delay": retry_delay, "retry_backoff": retry_backoff,
-        "ttl": ttl, "meta": meta,
+        "ttl": ttl, "meta": meta, "depends_on": depends_on,
     }  # fmt: skip
     if isinstance(task, str):
         name, defaults = task, {}
@@ -170,7 +186,18 @@ def job(
     m = o.get("meta")
     if m is not None and not isinstance(m, Mapping):
         raise ArgumentError(f"meta must be a dict, got {type(m).__name__}")
+    parents: list[int | JobRequest] | None = None
+    if o.get("depends_on") is not None:
+        parents = []
+        for p in o["depends_on"]:
+            if isinstance(p, Job) and p.id is not None:
+                parents.append(p.id)
+            elif isinstance(p, JobRequest) or (isinstance(p, int) and not isinstance(p, bool)):
+                parents.append(p)
+            else:
+                raise ArgumentError(f"depends_on must hold job ids, Jobs or JobRequests, got {p!r}")
     options = {
+        "depends_on": tuple(parents) if parents is not None else None,
         "queue": o.get("queue"),
         "priority": _int("priority", o.get("priority")),
         "scheduled_at": scheduled_at,
@@ -200,7 +227,9 @@ def _enqueue_call(request: JobRequest) -> Call[Job]:
 
 
 def _enqueue_many_call(requests: Iterable[JobRequest]) -> Call[list[int]]:
-    docs = [r.document() for r in requests]
+    requests = list(requests)
+    position = {id(r): i for i, r in enumerate(requests)}
+    docs = [r.document(position) for r in requests]
     return Call(_sql.query("job_enqueue_many"), {"jobs": Jsonb(docs)}, lambda rows: [r["id"] for r in rows])
 
 
@@ -230,6 +259,9 @@ def enqueue(task: str | TaskRef, /, *args: Any, conn: Connection | None = None, 
         with jitter, or a number to cap the doubling at that many seconds.
     :param ttl: seconds a finished job is kept (0: forever, -1: not kept).
     :param meta: a dict stored with the job.
+    :param depends_on: jobs (ids or Jobs) that must all complete before this one is claimed; it
+        waits (status ``waiting``) until then, and is aborted if one of them fails or is aborted.
+        In enqueue_many(), JobRequests of the same call may be named too.
     """
     return run(_enqueue_call(job(task, *args, **kwargs)), conn)
 
@@ -260,6 +292,20 @@ def cancel(job_id: int, *, conn: Connection | None = None) -> JobStatus | None:
 async def cancel_async(job_id: int, *, conn: AsyncConnection | None = None) -> JobStatus | None:
     """The async twin of cancel()."""
     return await run_async(_cancel_call(job_id), conn)
+
+
+def _has_job_call(key: str) -> Call[bool]:
+    return Call(_sql.query("job_has"), {"key": key}, lambda rows: bool(rows[0]["has"]))
+
+
+def has_job(key: str, *, conn: Connection | None = None) -> bool:
+    """Whether a job of yours with this key is waiting, queued or running."""
+    return run(_has_job_call(key), conn)
+
+
+async def has_job_async(key: str, *, conn: AsyncConnection | None = None) -> bool:
+    """The async twin of has_job()."""
+    return await run_async(_has_job_call(key), conn)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ DurationKind = Literal["process", "start", "total", "running"]
 class JobStatus(StrEnum):
     """A job's state; see the schema for the transitions."""
 
+    WAITING = "waiting"  # for the jobs of its depends_on to complete
     QUEUED = "queued"
     ACTIVE = "active"
     COMPLETE = "complete"
@@ -111,6 +112,7 @@ class Job:
     touched_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
     abort_reason: str | None = None
+    depends_on: list[int] | None = None
     # Set by the worker running this job: its loop and how to touch the run.
     _runner: tuple[asyncio.AbstractEventLoop, Callable[..., Awaitable[bool]]] | None = field(
         default=None, repr=False, compare=False

@@ -17,12 +17,17 @@ SELECT * FROM pgjobs.enqueue_job(
     retry_delay => %(retry_delay)s::double precision,
     retry_backoff => %(retry_backoff)s::double precision,
     ttl => %(ttl)s::integer,
-    meta => %(meta)s::jsonb
+    meta => %(meta)s::jsonb,
+    depends_on => %(depends_on)s::bigint[]
 );
 
 -- name: job_enqueue_many
 -- Enqueue a JSON array of jobs; one id per element, in input order.
 SELECT item, id FROM pgjobs.enqueue_many(%(jobs)s) ORDER BY item;
+
+-- name: job_has
+-- Whether the caller has an unfinished job with this key.
+SELECT pgjobs.has_job(%(key)s) AS has;
 
 -- name: job_get
 -- One job by id.

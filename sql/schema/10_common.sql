@@ -147,13 +147,14 @@ $$;
 
 -- Announce new jobs on pgjobs.events as the insert trigger does: enqueue writes to jobs_live, whose
 -- inserts do not fire the statement triggers of pgjobs.jobs.
-CREATE OR REPLACE FUNCTION pgjobs._announce_new(ids bigint[]) RETURNS void
+CREATE OR REPLACE FUNCTION pgjobs._announce_new(ids bigint[], status pgjobs.job_status DEFAULT 'queued')
+RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF coalesce(current_setting('pgjobs.events', true), '') = 'off' OR NOT pgjobs._heard('pgjobs.events') THEN
         RETURN;
     END IF;
-    PERFORM pg_notify('pgjobs.events', string_agg(u.id || ':queued', ','))
+    PERFORM pg_notify('pgjobs.events', string_agg(u.id || ':' || status, ','))
     FROM unnest(ids) WITH ORDINALITY AS u(id, n)
     GROUP BY (u.n - 1) / 300;
 END;

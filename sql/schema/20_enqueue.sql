@@ -108,7 +108,80 @@ BEGIN
 END;
 $$;
 
--- Enqueue one job (the key is looked up among the caller's own jobs).
+-- Insert one checked job (a row of _job_row) that waits for depends_on (job ids, NULL or empty:
+-- none), or return the caller's unfinished job with its key. label prefixes the field named in errors.
+CREATE OR REPLACE FUNCTION pgjobs._enqueue(label text, r pgjobs.jobs, depends_on bigint[]) RETURNS pgjobs.jobs
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    j pgjobs.jobs;
+    parents bigint[];
+    seen integer;
+    ended record;
+    complete boolean;
+BEGIN
+    IF cardinality(depends_on) > 0 THEN
+        parents := ARRAY(SELECT DISTINCT p FROM unnest(depends_on) AS p);
+        IF array_position(parents, NULL) IS NOT NULL OR cardinality(parents) > 1000 THEN
+            PERFORM pgjobs._refuse(label || 'depends_on', 'must hold at most 1000 job ids, none NULL');
+        END IF;
+        -- Lock the parents still in play and mark them: the one finishing last, even as we commit,
+        -- then finds this job (see _dependants_trigger).
+        UPDATE pgjobs.jobs_live p SET has_dependants = true
+        WHERE p.id = ANY (parents) AND pgjobs._may_act(p.enqueued_by);
+        -- A new statement: it sees the parents as they stand now that they are locked.
+        SELECT count(*), bool_and(p.status = 'complete')
+        INTO seen, complete
+        FROM pgjobs.jobs p WHERE p.id = ANY (parents) AND pgjobs._may_act(p.enqueued_by);
+        IF seen < cardinality(parents) THEN
+            PERFORM pgjobs._refuse(label || 'depends_on', format('names jobs that do not exist: %s',
+                (SELECT string_agg(u.id::text, ', ') FROM unnest(parents) AS u(id)
+                 WHERE NOT EXISTS (SELECT FROM pgjobs.jobs p WHERE p.id = u.id AND pgjobs._may_act(p.enqueued_by)))));
+        END IF;
+        SELECT p.id, p.status INTO ended FROM pgjobs.jobs p
+        WHERE p.id = ANY (parents) AND p.status IN ('failed', 'aborted') ORDER BY p.id LIMIT 1;
+        IF FOUND THEN
+            r.status := 'aborted';
+            r.completed_at := now();
+            r.error := format('parent job %s ended %s', ended.id, ended.status);
+        ELSIF NOT complete THEN
+            r.status := 'waiting';
+        END IF;
+        r.depends_on := parents;
+    END IF;
+    LOOP
+        -- Straight into the hot partition: routing through pgjobs.jobs costs a third of the call.
+        INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, status, priority, group_key, key, max_attempts,
+                                           scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta,
+                                           depends_on, completed_at, error)
+        VALUES (nextval('pgjobs.jobs_id_seq'::regclass), r.queue, r.task, r.args, r.status, r.priority, r.group_key,
+                r.key, r.max_attempts, r.scheduled_at, r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl,
+                r.meta, r.depends_on, r.completed_at, r.error)
+        -- The one unique index a new job can meet: jobs_live_enqueued_by_key_idx.
+        ON CONFLICT DO NOTHING
+        RETURNING t.* INTO j;
+        IF FOUND THEN
+            IF j.status = 'queued' THEN
+                -- Delivered at commit only, and folded into one per channel per transaction.
+                PERFORM pg_notify(pgjobs._channel(j.queue), '');
+            END IF;
+            PERFORM pgjobs._announce_new(ARRAY[j.id], j.status);
+            RETURN j;
+        END IF;
+        -- A new statement sees the job that won the conflict, even one committed a moment ago.
+        SELECT * INTO j FROM pgjobs.jobs_live t
+        WHERE t.enqueued_by = session_user AND t.key = r.key AND t.status IN ('waiting', 'queued', 'active', 'aborting')
+          AND t.expires_at IS NULL;
+        IF FOUND THEN
+            RETURN j;
+        END IF;
+        -- It finished in between: try the insert again.
+    END LOOP;
+END;
+$$;
+
+-- Enqueue one job (the key is looked up among the caller's own jobs). With depends_on, it waits
+-- (status waiting) until those jobs have all completed, and is aborted if one fails or is aborted.
 CREATE OR REPLACE FUNCTION pgjobs.enqueue_job(
     task text,
     args jsonb DEFAULT '{}',
@@ -123,40 +196,13 @@ CREATE OR REPLACE FUNCTION pgjobs.enqueue_job(
     retry_delay double precision DEFAULT 1,
     retry_backoff double precision DEFAULT 3600,
     ttl integer DEFAULT 86400,
-    meta jsonb DEFAULT '{}'
+    meta jsonb DEFAULT '{}',
+    depends_on bigint[] DEFAULT NULL
 ) RETURNS pgjobs.jobs
 LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    r pgjobs.jobs;
-    j pgjobs.jobs;
 BEGIN
-    r := pgjobs._job_row('', task, args, queue, priority, scheduled_at, group_key, key,
-                         max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta);
-    LOOP
-        -- Straight into the hot partition: routing through pgjobs.jobs costs a third of the call.
-        INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, priority, group_key, key, max_attempts,
-                                           scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
-        VALUES (nextval('pgjobs.jobs_id_seq'::regclass), r.queue, r.task, r.args, r.priority, r.group_key, r.key,
-                r.max_attempts, r.scheduled_at, r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl, r.meta)
-        -- The one unique index a new job can meet: jobs_live_enqueued_by_key_idx.
-        ON CONFLICT DO NOTHING
-        RETURNING t.* INTO j;
-        IF FOUND THEN
-            -- Delivered at commit only, and folded into one per channel per transaction.
-            PERFORM pg_notify(pgjobs._channel(j.queue), '');
-            PERFORM pgjobs._announce_new(ARRAY[j.id]);
-            RETURN j;
-        END IF;
-        -- A new statement sees the job that won the conflict, even one committed a moment ago.
-        SELECT * INTO j FROM pgjobs.jobs_live t
-        WHERE t.enqueued_by = session_user AND t.key = r.key AND t.status IN ('queued', 'active', 'aborting')
-          AND t.expires_at IS NULL;
-        IF FOUND THEN
-            RETURN j;
-        END IF;
-        -- It finished in between: try the insert again.
-    END LOOP;
+    RETURN pgjobs._enqueue('', pgjobs._job_row('', task, args, queue, priority, scheduled_at, group_key, key,
+                               max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta), depends_on);
 END;
 $$;
 
@@ -175,11 +221,12 @@ CREATE OR REPLACE FUNCTION pgjobs.enqueue(
     retry_delay double precision DEFAULT 1,
     retry_backoff double precision DEFAULT 3600,
     ttl integer DEFAULT 86400,
-    meta jsonb DEFAULT '{}'
+    meta jsonb DEFAULT '{}',
+    depends_on bigint[] DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE sql AS $$
     SELECT (pgjobs.enqueue_job(task, args, queue, priority, scheduled_at, group_key, key, max_attempts,
-                               timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)).id
+                               timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, depends_on)).id
 $$;
 
 -- Enqueue many jobs (keys are looked up among the caller's own jobs).
@@ -190,7 +237,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     cap bigint := pgjobs.max_payload();
     known text[] := ARRAY['task', 'args', 'queue', 'priority', 'scheduled_at', 'group_key', 'key', 'max_attempts',
-                          'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta', 'delay'];
+                          'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta', 'delay',
+                          'depends_on', 'depends_on_items'];
     problem text[];
     items integer[];
     ids bigint[];
@@ -199,6 +247,11 @@ DECLARE
 BEGIN
     IF jsonb_typeof(jobs) IS DISTINCT FROM 'array' THEN
         PERFORM pgjobs._refuse('jobs', 'must be a JSON array of job objects');
+    END IF;
+    IF jobs @? '$[*] ? (exists(@.depends_on) || exists(@.depends_on_items))' THEN
+        -- Dependencies: one job after the other, each able to name those before it.
+        RETURN QUERY SELECT d.item, d.id FROM pgjobs._enqueue_dag(jobs, known) AS d;
+        RETURN;
     END IF;
     -- One statement parses each job once, checks them all, and inserts them only if none is wrong
     -- (the first wrong one, in array order, is reported).
@@ -263,8 +316,73 @@ BEGIN
     RETURN QUERY
     SELECT u.i, coalesce(u.id, (SELECT t.id FROM pgjobs.jobs_live t
                                 WHERE t.enqueued_by = session_user AND t.key = u.key
-                                  AND t.status IN ('queued', 'active', 'aborting') AND t.expires_at IS NULL))
+                                  AND t.status IN ('waiting', 'queued', 'active', 'aborting')
+                                  AND t.expires_at IS NULL))
     FROM unnest(items, ids, keys) AS u(i, id, key)
     ORDER BY u.i;
 END;
+$$;
+
+-- enqueue_many for jobs with dependencies: in array order, so that depends_on_items (positions of
+-- earlier jobs of the array) can name the jobs just made. The whole call fails on the first error.
+CREATE OR REPLACE FUNCTION pgjobs._enqueue_dag(jobs jsonb, known text[])
+RETURNS TABLE (item integer, id bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    e record;
+    d record;
+    label text;
+    made bigint[] := '{}';
+    parents bigint[];
+    j pgjobs.jobs;
+    queues text[] := '{}';
+BEGIN
+    FOR e IN SELECT x.doc, x.n - 1 AS i FROM jsonb_array_elements(jobs) WITH ORDINALITY AS x(doc, n) LOOP
+        label := format('jobs[%s].', e.i);
+        IF jsonb_typeof(e.doc) <> 'object' THEN
+            PERFORM pgjobs._refuse(format('jobs[%s]', e.i), format('must be a JSON object, got %s', jsonb_typeof(e.doc)));
+        END IF;
+        IF e.doc - known <> '{}' THEN
+            PERFORM pgjobs._refuse(label || (SELECT k FROM jsonb_object_keys(e.doc - known) AS k LIMIT 1),
+                                   'is not an enqueue parameter');
+        END IF;
+        FOR d IN SELECT * FROM jsonb_to_record(e.doc) AS r(
+                     task text, args jsonb, queue text, priority integer, scheduled_at timestamptz, group_key text,
+                     key text, max_attempts integer, timeout double precision, heartbeat double precision,
+                     retry_delay double precision, retry_backoff double precision, ttl integer, meta jsonb,
+                     delay double precision) LOOP
+            IF jsonb_typeof(coalesce(e.doc->'depends_on', '[]')) <> 'array'
+               OR EXISTS (SELECT FROM jsonb_array_elements(coalesce(e.doc->'depends_on', '[]')) AS p(v)
+                          WHERE p.v::text !~ '^\d{1,18}$') THEN
+                PERFORM pgjobs._refuse(label || 'depends_on', 'must be an array of job ids');
+            END IF;
+            IF jsonb_typeof(coalesce(e.doc->'depends_on_items', '[]')) <> 'array'
+               OR EXISTS (SELECT FROM jsonb_array_elements(coalesce(e.doc->'depends_on_items', '[]')) AS p(v)
+                          WHERE p.v::text !~ '^\d{1,9}$' OR p.v::text::integer >= e.i) THEN
+                PERFORM pgjobs._refuse(label || 'depends_on_items',
+                                       format('must name positions of earlier jobs of the array (0 to %s)', e.i - 1));
+            END IF;
+            parents := ARRAY(SELECT p.v::text::bigint FROM jsonb_array_elements(coalesce(e.doc->'depends_on', '[]')) AS p(v))
+                       || ARRAY(SELECT made[p.v::text::integer + 1]
+                                FROM jsonb_array_elements(coalesce(e.doc->'depends_on_items', '[]')) AS p(v));
+            j := pgjobs._enqueue(label, pgjobs._job_row(label, d.task, d.args, d.queue, d.priority,
+                                     coalesce(d.scheduled_at, now() + make_interval(secs => coalesce(d.delay, 0))),
+                                     d.group_key, d.key, d.max_attempts, d.timeout, d.heartbeat, d.retry_delay,
+                                     d.retry_backoff, d.ttl, d.meta), parents);
+            made := made || j.id;
+            item := e.i;
+            id := j.id;
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+END;
+$$;
+
+-- Whether the caller has a job with this key that is not finished (waiting, queued or running).
+CREATE OR REPLACE FUNCTION pgjobs.has_job(key text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM pgjobs.jobs_live t
+                   WHERE t.enqueued_by = session_user AND t.key = has_job.key
+                     AND t.status IN ('waiting', 'queued', 'active', 'aborting'))
 $$;

@@ -13,21 +13,23 @@ SELECT q.queue,
        coalesce(s.group_max_active, 1) AS group_max_active,
        coalesce(c.queued, 0) AS queued,
        coalesce(c.scheduled, 0) AS scheduled,
+       coalesce(c.waiting, 0) AS waiting,
        coalesce(c.active, 0) AS active,
        extract(epoch FROM now() - c.oldest_due)::double precision AS oldest_queued_seconds,
        s.updated_at
 FROM (SELECT s.queue FROM pgjobs.queue_settings s
       UNION
-      SELECT DISTINCT j.queue FROM pgjobs.jobs_live j WHERE j.status IN ('queued', 'active', 'aborting')) q
+      SELECT DISTINCT j.queue FROM pgjobs.jobs_live j WHERE j.status IN ('waiting', 'queued', 'active', 'aborting')) q
 LEFT JOIN pgjobs.queue_settings s ON s.queue = q.queue
 LEFT JOIN (
     SELECT j.queue,
            count(*) FILTER (WHERE j.status = 'queued' AND j.scheduled_at <= now()) AS queued,
            count(*) FILTER (WHERE j.status = 'queued' AND j.scheduled_at > now()) AS scheduled,
+           count(*) FILTER (WHERE j.status = 'waiting') AS waiting,
            count(*) FILTER (WHERE j.status IN ('active', 'aborting')) AS active,
            min(j.scheduled_at) FILTER (WHERE j.status = 'queued' AND j.scheduled_at <= now()) AS oldest_due
     FROM pgjobs.jobs_live j
-    WHERE j.status IN ('queued', 'active', 'aborting')
+    WHERE j.status IN ('waiting', 'queued', 'active', 'aborting')
     GROUP BY j.queue
 ) c ON c.queue = q.queue;
 
@@ -105,7 +107,7 @@ BEGIN
         r.paused := false;
         r.rate_limit := 0; r.rate_period := 0; r.max_active := 0;
         r.group_rate_limit := 0; r.group_rate_period := 0; r.group_max_active := 1;
-        r.queued := 0; r.scheduled := 0; r.active := 0;
+        r.queued := 0; r.scheduled := 0; r.waiting := 0; r.active := 0;
     END IF;
     RETURN r;
 END;

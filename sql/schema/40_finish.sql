@@ -144,10 +144,10 @@ DECLARE
     s pgjobs.job_status;
 BEGIN
     UPDATE pgjobs.jobs j
-    SET status = CASE WHEN j.status = 'queued' THEN 'aborted' ELSE 'aborting' END::pgjobs.job_status,
+    SET status = CASE WHEN j.status IN ('waiting', 'queued') THEN 'aborted' ELSE 'aborting' END::pgjobs.job_status,
         abort_reason = NULL,
-        completed_at = CASE WHEN j.status = 'queued' THEN now() END
-    WHERE j.id = job_id AND j.status IN ('queued', 'active', 'aborting') AND j.expires_at IS NULL
+        completed_at = CASE WHEN j.status IN ('waiting', 'queued') THEN now() END
+    WHERE j.id = job_id AND j.status IN ('waiting', 'queued', 'active', 'aborting') AND j.expires_at IS NULL
       AND pgjobs._may_act(j.enqueued_by)
     RETURNING j.status INTO s;
     IF FOUND THEN
@@ -207,3 +207,48 @@ BEGIN
     RETURN n;
 END;
 $$;
+
+-- A job others depend on has finished: when it completed, its dependants whose parents have all
+-- completed are queued (and their queues woken); when it failed or was aborted, its waiting
+-- dependants are aborted, naming it, and theirs in turn (this trigger again).
+CREATE OR REPLACE FUNCTION pgjobs._dependants_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    kids bigint[];
+    woken text[];
+    aborted bigint[];
+BEGIN
+    -- Lock them first: two parents finishing at once take turns, and the second one's next
+    -- statement sees the first one's commit (a single snapshot could leave a job waiting forever).
+    kids := ARRAY(SELECT c.id FROM pgjobs.jobs_live c
+                  WHERE c.status = 'waiting' AND c.depends_on @> ARRAY[NEW.id] ORDER BY c.id FOR UPDATE);
+    IF kids = '{}' THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.status = 'complete' THEN
+        WITH ready AS (
+            UPDATE pgjobs.jobs c SET status = 'queued'
+            WHERE c.id = ANY (kids) AND c.status = 'waiting' AND c.expires_at IS NULL
+              AND NOT EXISTS (SELECT FROM pgjobs.jobs p WHERE p.id = ANY (c.depends_on) AND p.status <> 'complete')
+            RETURNING c.queue
+        )
+        SELECT array_agg(DISTINCT ready.queue) INTO woken FROM ready;
+        PERFORM pg_notify(pgjobs._channel(q), '') FROM unnest(woken) AS q;
+    ELSE
+        WITH gone AS (
+            UPDATE pgjobs.jobs c
+            SET status = 'aborted', completed_at = now(), error = format('parent job %s ended %s', NEW.id, NEW.status)
+            WHERE c.id = ANY (kids) AND c.status = 'waiting' AND c.expires_at IS NULL
+            RETURNING c.id
+        )
+        SELECT array_agg(gone.id) INTO aborted FROM gone;
+        PERFORM pgjobs._announce_done(aborted);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER jobs_dependants AFTER UPDATE OF status ON pgjobs.jobs
+    FOR EACH ROW WHEN (NEW.has_dependants AND OLD.status IS DISTINCT FROM NEW.status
+                       AND NEW.status IN ('complete', 'failed', 'aborted'))
+    EXECUTE FUNCTION pgjobs._dependants_trigger();

@@ -193,7 +193,7 @@ $$;
 CREATE OR REPLACE FUNCTION pgjobs.schedule_busy(name text) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT coalesce((
-        SELECT j.status IN ('queued', 'active', 'aborting')
+        SELECT j.status IN ('waiting', 'queued', 'active', 'aborting')
         FROM pgjobs.schedule_runs r JOIN pgjobs.jobs j ON j.id = r.job_id
         WHERE r.schedule = schedule_busy.name
         ORDER BY r.tick DESC LIMIT 1), false)

@@ -8,7 +8,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     f record;
     client_functions text[] := ARRAY['enqueue', 'enqueue_job', 'enqueue_many', 'cancel', 'queue_channel',
-                                     'max_payload', 'worker_is_alive', 'listen', 'unlisten'];
+                                     'max_payload', 'worker_is_alive', 'listen', 'unlisten', 'has_job'];
     have_roles boolean := EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgjobs_client')
                           AND EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgjobs_worker');
 BEGIN

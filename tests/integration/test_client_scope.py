@@ -41,6 +41,13 @@ def enqueue(bob: Conn, alice_job: int, key: str) -> None:
     mine = one(bob, "SELECT pgjobs.enqueue('t', key => %s)", [key])
     assert mine != alice_job
     assert one(bob, "SELECT pgjobs.enqueue('t', key => %s)", [key]) == mine  # dedupes among bob's own
+    for parent in (alice_job, UNKNOWN):  # another's job is as unknown as one that never was
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="depends_on: names jobs that do not exist"):
+            bob.execute("SELECT pgjobs.enqueue('t', depends_on => %s)", [[parent]])
+
+
+def has_job(bob: Conn, alice_job: int, key: str) -> None:
+    assert one(bob, "SELECT pgjobs.has_job(%s)", [key]) is False  # alice's key is not bob's
 
 
 def enqueue_job(bob: Conn, alice_job: int, key: str) -> None:
@@ -69,6 +76,7 @@ CALLS: dict[str, Callable[[Conn, int, str], None]] = {
     "enqueue": enqueue,
     "enqueue_job": enqueue_job,
     "enqueue_many": enqueue_many,
+    "has_job": has_job,
     "queue_channel": harmless("SELECT pgjobs.queue_channel('default')"),
     "max_payload": harmless("SELECT pgjobs.max_payload()"),
     "worker_is_alive": harmless("SELECT pgjobs.worker_is_alive('w')"),

@@ -92,7 +92,7 @@ def test_each_down_migration_restores_the_schema_before_its_up(empty_dsn: str) -
 def test_a_migration_without_a_down_file_is_not_rolled_back(empty_dsn: str) -> None:
     pgjobs.migrate(empty_dsn)
     before = schema_objects(empty_dsn)
-    with pytest.raises(pgjobs.PgjobsError, match=r"0008_history cannot be rolled back"):
+    with pytest.raises(pgjobs.PgjobsError, match=r"0009_waiting cannot be rolled back"):
         pgjobs.migrate(empty_dsn, target=migrations.SCHEMA_FILES_FROM - 1)
     assert schema_objects(empty_dsn) == before
 

@@ -149,6 +149,23 @@ def test_polling_finds_a_job_whose_notification_was_lost(env_dsn: str, conn: Con
     assert job.status is JobStatus.COMPLETE and job.result == 2
 
 
+def test_a_worker_runs_a_dag_parents_first(env_dsn: str) -> None:
+    async def body(_: pgjobs.Worker) -> list[Job]:
+        first = pgjobs.job(echo, "extract")
+        left, right = pgjobs.job(echo, "left", depends_on=[first]), pgjobs.job(echo, "right", depends_on=[first])
+        last = pgjobs.job(echo, "load", depends_on=[left, right])
+        ids = await pgjobs.enqueue_many_async([first, left, right, last])
+        return await pgjobs.wait_async(ids, 20, dsn=env_dsn)
+
+    jobs = run_with_worker(env_dsn, body)
+    assert [j.status for j in jobs] == [JobStatus.COMPLETE] * 4
+    extract, left, right, load = jobs
+    assert extract.completed_at is not None and load.started_at is not None
+    assert left.started_at is not None and right.started_at is not None
+    assert extract.completed_at <= left.started_at and extract.completed_at <= right.started_at
+    assert max(left.completed_at, right.completed_at) <= load.started_at  # type: ignore[type-var]
+
+
 def test_stop_lets_running_jobs_finish(env_dsn: str) -> None:
     async def body(worker: pgjobs.Worker) -> int:
         job = await pgjobs.enqueue_async(nap, 0.5)

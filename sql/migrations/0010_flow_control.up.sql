@@ -1,5 +1,5 @@
--- 0009 flow control: queue settings (pause, rate limits, global concurrency per queue and per
--- group) that dequeue enforces for every client.
+-- 0010 flow control: queue settings (pause, rate limits, global concurrency per queue and per
+-- group) that dequeue enforces for every client, and dependencies between jobs.
 
 -- One row per queue with settings; a queue without a row has none (its groups exclusive).
 CREATE TABLE pgjobs.queue_settings (
@@ -37,3 +37,14 @@ DROP INDEX pgjobs.jobs_live_group_key_idx;
 -- dequeue: the active runs of a group, by slot.
 CREATE UNIQUE INDEX jobs_live_group_key_group_slot_idx
     ON pgjobs.jobs_live (group_key, group_slot) WHERE status IN ('active', 'aborting') AND group_key IS NOT NULL;
+
+-- Dependencies: a job waits (status 'waiting') until every job of depends_on has completed.
+ALTER TABLE pgjobs.jobs ADD COLUMN depends_on bigint[];
+-- Set on a job once another depends on it: only then does finishing it look for dependants.
+ALTER TABLE pgjobs.jobs ADD COLUMN has_dependants boolean NOT NULL DEFAULT false;
+-- a parent finishing: its waiting dependants.
+CREATE INDEX jobs_live_depends_on_idx ON pgjobs.jobs_live USING gin (depends_on) WHERE status = 'waiting';
+-- enqueue: a waiting job holds its key as a queued one does.
+DROP INDEX pgjobs.jobs_live_enqueued_by_key_idx;
+CREATE UNIQUE INDEX jobs_live_enqueued_by_key_idx
+    ON pgjobs.jobs_live (enqueued_by, key) WHERE status IN ('waiting', 'queued', 'active', 'aborting') AND key IS NOT NULL;
