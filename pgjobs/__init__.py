@@ -8,6 +8,8 @@ from .client import (
     cancel_async,
     close,
     close_async,
+    drain,
+    drain_async,
     enqueue,
     enqueue_async,
     enqueue_many,
@@ -28,7 +30,15 @@ from .client import (
     wait,
     wait_async,
 )
-from .errors import ArgumentError, ConfigurationError, JobCancelled, PgjobsError, SchemaError, UnknownTaskError
+from .errors import (
+    ArgumentError,
+    ConfigurationError,
+    JobCancelled,
+    JobException,
+    PgjobsError,
+    SchemaError,
+    UnknownTaskError,
+)
 from .job import Job, JobStatus
 from .migrations import migrate
 from .queue import Queue, queues, queues_async, set_queue, set_queue_async
@@ -46,6 +56,7 @@ __all__ = [
     "Event",
     "Job",
     "JobCancelled",
+    "JobException",
     "JobRequest",
     "JobStatus",
     "PgjobsError",
@@ -65,6 +76,8 @@ __all__ = [
     "cancel_async",
     "close",
     "close_async",
+    "drain",
+    "drain_async",
     "enqueue",
     "enqueue_async",
     "enqueue_many",

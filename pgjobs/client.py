@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -306,6 +307,40 @@ def has_job(key: str, *, conn: Connection | None = None) -> bool:
 async def has_job_async(key: str, *, conn: AsyncConnection | None = None) -> bool:
     """The async twin of has_job()."""
     return await run_async(_has_job_call(key), conn)
+
+
+def _unfinished_call(queues: Sequence[str]) -> Call[int]:
+    return Call(_sql.query("job_unfinished_count"), {"queues": list(queues)}, lambda rows: int(rows[0]["n"]))
+
+
+def drain(queues: Sequence[str] = ("default",), timeout: float | None = None, *, dsn: str | None = None) -> None:
+    """Wait until these queues hold no waiting, queued or running job (of yours, for a client
+    role); raise TimeoutError after timeout seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.02
+    with _database.connect(_database.resolve_dsn(dsn), name="pgjobs drain") as conn:
+        while run(_unfinished_call(queues), conn):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"queues {', '.join(queues)} still hold unfinished jobs after {timeout} s")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
+async def drain_async(
+    queues: Sequence[str] = ("default",), timeout: float | None = None, *, dsn: str | None = None
+) -> None:
+    """The async twin of drain()."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.02
+    conn = await _database.connect_async(_database.resolve_dsn(dsn), name="pgjobs drain")
+    try:
+        while await run_async(_unfinished_call(queues), conn):
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"queues {', '.join(queues)} still hold unfinished jobs after {timeout} s")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+    finally:
+        await conn.close()
 
 
 # ------------------------------------------------------------------------------------------------

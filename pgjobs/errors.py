@@ -30,3 +30,18 @@ class UnknownTaskError(PgjobsError, LookupError):
 
 class JobCancelled(PgjobsError):
     """The worker stopped this run (``job.update()`` in a task whose run was stopped; see Job.cancelled)."""
+
+
+class JobException(PgjobsError):
+    """Jobs an embedded worker ran failed for good; ``failures`` holds (job id, task, error)."""
+
+    def __init__(self, failures: list[tuple[int, str, str | None]]) -> None:
+        self.failures = failures
+        lines = [f"job {job_id} {task}: {_last_line(error)}" for job_id, task, error in failures]
+        super().__init__(f"{len(failures)} job(s) failed:\n" + "\n".join(lines))
+
+
+def _last_line(error: str | None) -> str:
+    """The last line of a traceback: the exception and its message."""
+    lines = (error or "").strip().splitlines()
+    return lines[-1] if lines else "failed"

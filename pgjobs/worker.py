@@ -40,7 +40,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from . import _database, _sql, migrations
-from .errors import ArgumentError, ConfigurationError, DatabaseUnavailable
+from .errors import ArgumentError, ConfigurationError, DatabaseUnavailable, JobException
 from .job import Job, to_json, without_nul
 from .reaper import Reaper, ReaperConfig
 from .schedules import Schedule, Scheduler, SchedulerConfig, store
@@ -178,6 +178,13 @@ class Worker:
         # Set by the exchange loop once it has seen stop(): no claim is in flight any more.
         self._claims_over: asyncio.Event | None = None
         self._beat_now: asyncio.Event | None = None
+        # Embedding: runs that failed for good, and how start() learns the worker is up (or not).
+        self._failures: list[tuple[int, str, str | None]] = []
+        self._started = threading.Event()
+        self._ready: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._outcome: BaseException | None = None
 
     # -- control --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -187,6 +194,73 @@ class Worker:
             self._stopping = True
         elif self._loop.is_running():
             self._loop.call_soon_threadsafe(self._stop_now)
+
+    # -- embedding ------------------------------------------------------------------------------
+    def start(self, timeout: float | None = None) -> None:
+        """Run the worker in a background thread of its own; return once it has registered (or
+        raise what stopped it from starting)."""
+        if self._thread is not None or self._task is not None:
+            raise RuntimeError("this worker was started already")
+
+        def main() -> None:
+            try:
+                asyncio.run(self.run())
+            except BaseException as exc:  # kept for wait_until_done(); start() raises it too
+                self._outcome = exc
+            finally:
+                self._started.set()
+
+        self._thread = threading.Thread(target=main, name=f"pgjobs-worker-{self.id}", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise TimeoutError(f"worker {self.id} did not start within {timeout} s")
+        if self._outcome is not None:
+            raise self._outcome
+
+    async def start_async(self) -> None:
+        """Run the worker as a task of the running event loop; return once it has registered."""
+        if self._thread is not None or self._task is not None:
+            raise RuntimeError("this worker was started already")
+        self._ready = asyncio.Event()
+        self._task = asyncio.create_task(self.run(), name=f"pgjobs-worker-{self.id}")
+        ready = asyncio.create_task(self._ready.wait())
+        try:
+            await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if self._task.done():
+            self._task.result()
+
+    def request_stop(self) -> None:
+        """Ask the worker to finish: no new claims; running jobs get shutdown_grace to end."""
+        self.stop()
+
+    def wait_until_done(self, timeout: float | None = None) -> None:
+        """Wait until the worker started with start() has stopped and every job it took has
+        finished; raise JobException if some of them failed for good."""
+        if self._thread is None:
+            raise RuntimeError("wait_until_done() is for a worker started with start()")
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"worker {self.id} still running after {timeout} s (call request_stop() first)")
+        self._raise_outcome()
+
+    async def wait_until_done_async(self, timeout: float | None = None) -> None:
+        """wait_until_done() for a worker started with start_async()."""
+        if self._task is None:
+            raise RuntimeError("wait_until_done_async() is for a worker started with start_async()")
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        if not done:
+            raise TimeoutError(f"worker {self.id} still running after {timeout} s (call request_stop() first)")
+        if self._task.exception() is not None:
+            self._outcome = self._task.exception()
+        self._raise_outcome()
+
+    def _raise_outcome(self) -> None:
+        if self._outcome is not None:
+            raise self._outcome
+        if self._failures:
+            raise JobException(list(self._failures))
 
     @property
     def stopping(self) -> bool:
@@ -227,6 +301,9 @@ class Worker:
         except BaseException:
             self._remove_signal_handlers(handle_signals)
             raise
+        self._started.set()
+        if self._ready is not None:
+            self._ready.set()
         if self._stopping:
             self._remove_signal_handlers(handle_signals)
             logger.info("worker %s stopped before it started", self.id)
@@ -638,6 +715,8 @@ class Worker:
                 )
                 recorded.append(o)
                 self._log_failure(o, rows[0]["status"])
+                if rows[0]["status"] == "failed" and o.job.id is not None:
+                    self._failures.append((o.job.id, o.job.task, o.error))
         released = [o for o in batch if o.kind == "release"]
         if released:
             await _database.fetch_async(

@@ -242,3 +242,8 @@ SELECT * FROM pgjobs.set_queue(
 -- name: queue_list
 -- Every queue with unfinished jobs or settings.
 SELECT * FROM pgjobs.queues ORDER BY queue;
+
+-- name: job_unfinished_count
+-- Jobs of these queues not finished yet (a client counts its own).
+SELECT count(*) AS n FROM pgjobs.jobs
+WHERE queue = ANY (%(queues)s) AND expires_at IS NULL AND status IN ('waiting', 'queued', 'active', 'aborting');
