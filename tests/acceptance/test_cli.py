@@ -73,3 +73,21 @@ def test_garbage_arguments_are_one_line(dsn: str) -> None:
     assert_one_clear_line(run_cli("schedules", "pause", "--dsn", dsn), "NAME")
     assert_one_clear_line(run_cli("worker-stop", "nobody", "--dsn", dsn), "no worker")
     assert_one_clear_line(run_cli("enqueue", "t", "[1]", "--priority", "99999999", "--dsn", dsn), "priority")
+
+
+def test_queue_commands_pause_limit_and_list(dsn: str) -> None:
+    assert run_cli("enqueue", "t", "--queue", "emails", "--dsn", dsn).returncode == 0
+    paused = run_cli("queue", "pause", "emails", "--dsn", dsn)
+    assert paused.returncode == 0 and "emails  paused" in paused.stdout, paused.stderr
+    limited = run_cli("queue", "limit", "emails", "--rate", "600/m", "--max-active", "5", "--group-rate", "2/10s",
+                      "--dsn", dsn)  # fmt: skip
+    assert "rate=600/60s max-active=5 group-rate=2/10s" in limited.stdout, limited.stderr
+    listed = run_cli("queues", "--dsn", dsn).stdout
+    assert "emails  paused  queued=1" in listed
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT paused, rate_limit, rate_period, max_active FROM pgjobs.queues").fetchone()
+    assert row == (True, 600, 60.0, 5)
+    assert "emails  running" in run_cli("queue", "resume", "emails", "--dsn", dsn).stdout
+    assert_one_clear_line(run_cli("queue", "limit", "emails", "--rate", "fast", "--dsn", dsn), "not a rate")
+    assert_one_clear_line(run_cli("queue", "limit", "emails", "--max-active", "-1", "--dsn", dsn), "max_active")
+    assert_one_clear_line(run_cli("queue", "limit", "emails", "--dsn", dsn), "needs --rate")
