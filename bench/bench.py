@@ -1,7 +1,7 @@
 """pgjobs against its peers (PgQueuer, procrastinate) on the same PostgreSQL, same no-op task.
 
     bash bench/run [--dsn DSN] [--repeat 3] [--systems pgjobs,pgqueuer,procrastinate]
-                   [--scenarios enqueue,throughput,latency,backlog,drain,groups,sustained] [--quick]
+                   [--scenarios enqueue,throughput,latency,backlog,drain,groups,flow,sustained] [--quick]
 
 Every measurement starts from a fresh database created on the server of --dsn (default:
 PGJOBS_DSN, else the embedded server); systems take turns within each repetition and each figure
@@ -400,6 +400,58 @@ class Bench:
                 system.fill(dsn, n, groups=100)
                 grouped.add(system.name, drain_rate(system, dsn, n, 2, 50) / rate)
 
+    def flow(self) -> None:
+        """pgjobs only: what queue settings cost a claim, and how closely a rate limit is held."""
+        pgjobs_system = next((s for s in self.systems if s.name == "pgjobs"), None)
+        if pgjobs_system is None:
+            return
+        n = 5_000 if self.quick else 20_000
+        plain = self.row(f"flow: {n:,} jobs, 2 proc x 50, queue without settings", "jobs/s")
+        limited = self.row(
+            f"flow: {n:,} jobs, 2 proc x 50, settings that never bind (ratio to the row above)", "ratio",
+            target=">= 0.97",
+        )  # fmt: skip
+        limit, seconds = 100, 15 if self.quick else 60
+        held = self.row(
+            f"flow: rate limit {limit}/s, 4 proc x 10, {seconds} s (claims/s over the limit)", "ratio",
+            target="0.95-1.0",
+        )  # fmt: skip
+        busiest = self.row(f"flow: most claims in any 1 s window (limit {limit})", "rows", higher_is_better=False)
+        for _ in range(self.repeat):
+            with fresh_database(self.server, pgjobs_system) as dsn:
+                pgjobs_system.fill(dsn, n)
+                rate = drain_rate(pgjobs_system, dsn, n, 2, 50)
+                plain.add("pgjobs", rate)
+            with fresh_database(self.server, pgjobs_system) as dsn:
+                pgjobs_system.fill(dsn, n)
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute("SELECT pgjobs.set_queue('default', max_active => 1000000)")
+                limited.add("pgjobs", drain_rate(pgjobs_system, dsn, n, 2, 50) / rate)
+            with fresh_database(self.server, pgjobs_system) as dsn:
+                pgjobs_system.fill(dsn, limit * (seconds + 30))
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute("SELECT pgjobs.set_queue('default', rate_limit => %s, rate_period => 1)", [limit])
+                workers = pgjobs_system.start_workers(dsn, 4, 10)
+                try:
+                    time.sleep(seconds + 5)
+                finally:
+                    stop(workers)
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    starts = [r[0] for r in conn.execute(
+                        "SELECT extract(epoch FROM started_at)::float8 FROM pgjobs.jobs"
+                        " WHERE started_at IS NOT NULL ORDER BY started_at"
+                    )]  # fmt: skip
+                # The steady state: from the end of the first window to the last claim, the first
+                # burst (a full window's worth at once) left out.
+                steady = [t for t in starts if t > starts[0] + 1.0]
+                held.add("pgjobs", len(steady) / (steady[-1] - starts[0] - 1.0) / limit)
+                j, most = 0, 0
+                for i, t in enumerate(starts):
+                    while starts[j] <= t - 1.0:
+                        j += 1
+                    most = max(most, i - j + 1)
+                busiest.add("pgjobs", most)
+
     def sustained(self) -> None:
         """One run per system (not repeated: a run is long): per-minute p99 latency while jobs arrive
         at a fixed rate, then dead tuples and the size of the queue table with its indexes."""
@@ -514,7 +566,7 @@ def main() -> None:
     parser.add_argument("--dsn", help="server to create benchmark databases on (default: PGJOBS_DSN or embedded)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--systems", default="pgjobs,pgqueuer,procrastinate")
-    parser.add_argument("--scenarios", default="enqueue,throughput,latency,backlog,drain,groups,sustained")
+    parser.add_argument("--scenarios", default="enqueue,throughput,latency,backlog,drain,groups,flow,sustained")
     parser.add_argument("--quick", action="store_true", help="small sizes, a 30 s sustained run")
     parser.add_argument("--full", action="store_true", help="also drain 200,000 jobs")
     args = parser.parse_args()

@@ -8,6 +8,7 @@ from typing import Any
 
 from . import _database, _sql
 from ._calls import AsyncConnection, Call, Connection, run, run_async
+from .errors import ArgumentError
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,15 @@ def _seconds(value: float | dt.timedelta | None) -> float | None:
     return value.total_seconds() if isinstance(value, dt.timedelta) else value
 
 
+_SETTINGS = ("paused", "rate_limit", "rate_period", "max_active", "group_rate_limit", "group_rate_period",
+             "group_max_active")  # fmt: skip
+
+
 def _set_queue_call(queue: str, settings: dict[str, Any]) -> Call[Queue]:
-    params = {"queue": queue, **settings}
+    unknown = set(settings) - set(_SETTINGS)
+    if unknown:
+        raise ArgumentError(f"unknown queue setting(s) {', '.join(sorted(unknown))}; known: {', '.join(_SETTINGS)}")
+    params: dict[str, Any] = {"queue": queue, **{k: settings.get(k) for k in _SETTINGS}}
     for k in ("rate_period", "group_rate_period"):
         params[k] = _seconds(params[k])
     return Call(_sql.query("queue_set"), params, lambda rows: Queue.from_row(rows[0]))
@@ -83,24 +91,8 @@ def set_queue(
     return run(_set_queue_call(queue, settings), conn)
 
 
-async def set_queue_async(
-    queue: str,
-    *,
-    paused: bool | None = None,
-    rate_limit: int | None = None,
-    rate_period: float | dt.timedelta | None = None,
-    max_active: int | None = None,
-    group_rate_limit: int | None = None,
-    group_rate_period: float | dt.timedelta | None = None,
-    group_max_active: int | None = None,
-    conn: AsyncConnection | None = None,
-) -> Queue:
-    """The async twin of set_queue()."""
-    settings = {
-        "paused": paused, "rate_limit": rate_limit, "rate_period": rate_period, "max_active": max_active,
-        "group_rate_limit": group_rate_limit, "group_rate_period": group_rate_period,
-        "group_max_active": group_max_active,
-    }  # fmt: skip
+async def set_queue_async(queue: str, *, conn: AsyncConnection | None = None, **settings: Any) -> Queue:
+    """The async twin of set_queue(), with the same settings."""
     return await run_async(_set_queue_call(queue, settings), conn)
 
 

@@ -150,7 +150,27 @@ BEGIN
         -- 2. Claim the grouped ones, as many of each group as its room allows, each in a free slot.
         --    This statement's snapshot was taken after the group locks were held, so it sees every
         --    run claimed by a transaction that held the lock before us.
-        IF ids IS NOT NULL THEN
+        IF ids IS NOT NULL AND NOT limited THEN
+            -- Groups of queues without settings: one run of a group at a time, in slot 0.
+            WITH c AS (
+                SELECT u.id, u.group_key,
+                       row_number() OVER (PARTITION BY u.group_key ORDER BY u.ord) AS nth
+                FROM unnest(ids, groups) WITH ORDINALITY AS u(id, group_key, ord)
+            ), free AS (
+                SELECT c.id FROM c
+                WHERE c.nth = 1
+                  AND NOT EXISTS (SELECT FROM pgjobs.jobs a
+                                  WHERE a.group_key = c.group_key AND a.status IN ('active', 'aborting')
+                                    AND a.expires_at IS NULL OFFSET 0)
+            ), u AS (
+                UPDATE pgjobs.jobs j
+                SET status = 'active', attempts = j.attempts + 1, worker_id = dequeue.worker_id,
+                    started_at = now(), touched_at = now(), completed_at = NULL, group_slot = 0
+                WHERE j.id = ANY (ARRAY(SELECT free.id FROM free)) AND j.expires_at IS NULL
+                RETURNING j
+            )
+            SELECT array_agg(u.j) INTO grouped FROM u;
+        ELSIF ids IS NOT NULL THEN
             WITH c AS (
                 SELECT u.id, u.queue, u.group_key,
                        row_number() OVER (PARTITION BY u.group_key ORDER BY u.ord) AS nth

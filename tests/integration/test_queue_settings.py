@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -190,3 +191,13 @@ def test_python_set_queue_and_queues(dsn: str) -> None:
         q = pgjobs.set_queue("mail", rate_limit=10, rate_period=1, max_active=4, conn=c)
         assert (q.queue, q.rate_limit, q.rate_period, q.max_active, q.group_max_active) == ("mail", 10, 1.0, 4, 1)
         assert [x.queue for x in pgjobs.queues(conn=c)] == ["mail"]
+
+
+def test_python_set_queue_async_and_an_unknown_setting(dsn: str) -> None:
+    async def main() -> pgjobs.Queue:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as c:
+            with pytest.raises(pgjobs.ArgumentError, match="unknown queue setting"):
+                await pgjobs.set_queue_async("mail", rate=3, conn=c)
+            return await pgjobs.set_queue_async("mail", paused=True, conn=c)
+
+    assert asyncio.run(main()).paused is True
