@@ -407,10 +407,8 @@ class Bench:
             return
         n = 5_000 if self.quick else 20_000
         plain = self.row(f"flow: {n:,} jobs, 2 proc x 50, queue without settings", "jobs/s")
-        limited = self.row(
-            f"flow: {n:,} jobs, 2 proc x 50, settings that never bind (ratio to the row above)", "ratio",
-            target=">= 0.97",
-        )  # fmt: skip
+        # What a limited queue pays: its claims take turns on the queue's lock and count its runs.
+        limited = self.row("flow: the same with max_active 1,000,000 (ratio to the row above)", "ratio")
         limit, seconds = 100, 15 if self.quick else 60
         held = self.row(
             f"flow: rate limit {limit}/s, 4 proc x 10, {seconds} s (claims/s over the limit)", "ratio",
