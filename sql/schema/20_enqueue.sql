@@ -154,6 +154,8 @@ BEGIN
         INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, status, priority, group_key, key, max_attempts,
                                            scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta,
                                            depends_on, completed_at, error)
+        -- PostgreSQL 17 and later give the partition the identity of pgjobs.jobs: the id is its sequence's all the same.
+        OVERRIDING SYSTEM VALUE
         VALUES (nextval('pgjobs.jobs_id_seq'::regclass), r.queue, r.task, r.args, r.status, r.priority, r.group_key,
                 r.key, r.max_attempts, r.scheduled_at, r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl,
                 r.meta, r.depends_on, r.completed_at, r.error)
@@ -290,6 +292,7 @@ BEGIN
     ), inserted AS (
         INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, priority, group_key, key, max_attempts,
                                            scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
+        OVERRIDING SYSTEM VALUE  -- see _enqueue
         SELECT i.new_id, i.queue, i.task, i.args, i.priority, i.group_key, i.key, i.max_attempts,
                i.scheduled_at, i.timeout, i.heartbeat, i.retry_delay, i.retry_backoff, i.ttl, i.meta
         FROM input i
