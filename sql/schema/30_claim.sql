@@ -28,7 +28,6 @@ DECLARE
     cap bigint;
     rows pgjobs.jobs[];
     grouped pgjobs.jobs[];
-    taken pgjobs.jobs[] := '{}';
     locked integer;
     ids bigint[];
     id_queues text[];
@@ -224,21 +223,20 @@ BEGIN
         wanted := wanted - claimed;
         IF limited THEN
             rows := coalesce(rows, '{}') || coalesce(grouped, '{}');
-            taken := taken || rows;
             caps := ARRAY(SELECT u.cap - (SELECT count(*) FROM unnest(rows) t WHERE t.queue = u.name)
                           FROM unnest(dequeue.queues, caps) WITH ORDINALITY AS u(name, cap, n) ORDER BY u.n);
+            -- Each claim of a rate-limited queue or group enters its sliding window now, where the
+            -- next round's counts (and, after commit, other claimers') see it.
+            INSERT INTO pgjobs.queue_claims (queue, group_key, claimed_at)
+            SELECT t.queue, '', now() FROM unnest(rows) t WHERE t.queue = ANY (counted)
+            UNION ALL
+            SELECT t.queue, t.group_key, now() FROM unnest(rows) t
+            WHERE t.queue = ANY (group_counted) AND t.group_key IS NOT NULL;
         END IF;
-        -- Fewer rows locked than asked for: the queue holds no more due jobs for us.
-        EXIT WHEN locked < wanted + claimed;
+        -- Fewer rows locked than asked for: the queue holds no more due jobs for us. (With limits,
+        -- each queue was asked for its own cap: go on while a round claims something.)
+        EXIT WHEN CASE WHEN limited THEN claimed = 0 ELSE locked < wanted + claimed END;
     END LOOP;
-    -- Each claim of a rate-limited queue or group enters its sliding window.
-    IF cardinality(counted) > 0 OR cardinality(group_counted) > 0 THEN
-        INSERT INTO pgjobs.queue_claims (queue, group_key, claimed_at)
-        SELECT t.queue, '', now() FROM unnest(taken) t WHERE t.queue = ANY (counted)
-        UNION ALL
-        SELECT t.queue, t.group_key, now() FROM unnest(taken) t
-        WHERE t.queue = ANY (group_counted) AND t.group_key IS NOT NULL;
-    END IF;
 END;
 $$;
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -78,3 +79,34 @@ def test_max_active_and_group_max_active_hold_across_four_workers(dsn: str, tmp_
     assert most_at_once() <= 5
     assert all(most_at_once(g) <= 2 for g in ("g0", "g1", "g2"))
     assert most_at_once() >= 3  # the workers did run jobs side by side
+
+
+def test_a_group_rate_limit_holds_for_each_group_across_four_workers(dsn: str, tmp_path: Path) -> None:
+    limit, total = 5, 40
+    jobs = [{"task": "acceptance.record", "group_key": f"customer{i % 2}"} for i in range(total)]
+    enqueue(dsn, jobs, group_rate_limit=limit, group_rate_period=1.0, group_max_active=0)
+    run_workers(dsn, tmp_path, total)
+    spans = starts_and_ends(dsn)
+    for group in ("customer0", "customer1"):
+        starts = [s for s, _, g in spans if g == group]
+        assert max(sum(1 for t in starts if s - 1.0 < t <= s) for s in starts) <= limit
+
+
+def test_a_paused_queue_waits_for_its_resume_under_four_workers(dsn: str, tmp_path: Path) -> None:
+    total = 30
+    enqueue(dsn, [{"task": "acceptance.record"} for _ in range(total)], paused=True)
+
+    def resume_later() -> None:
+        time.sleep(2)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            resumed.append(conn.execute("SELECT extract(epoch FROM now())::float8").fetchone()[0])  # type: ignore[index]
+            conn.execute("SELECT pgjobs.set_queue('default', paused => false)")
+
+    resumed: list[float] = []
+    thread = threading.Thread(target=resume_later)
+    thread.start()
+    try:
+        run_workers(dsn, tmp_path, total)
+    finally:
+        thread.join()
+    assert min(s for s, _, _ in starts_and_ends(dsn)) >= resumed[0]  # nothing ran while paused

@@ -201,3 +201,12 @@ def test_python_set_queue_async_and_an_unknown_setting(dsn: str) -> None:
             return await pgjobs.set_queue_async("mail", paused=True, conn=c)
 
     assert asyncio.run(main()).paused is True
+
+
+def test_one_big_claim_keeps_within_every_limit_at_once(conn: Conn) -> None:
+    enqueue(conn, 20, group_key="a")  # first in line
+    enqueue(conn, 20)
+    set_queue(conn, group_rate_limit=5, group_rate_period=60, group_max_active=0, rate_limit=12, rate_period=60)
+    claimed = dequeue(conn, 30)
+    assert len(claimed) == 12 and sum(1 for r in claimed if r["group_key"] == "a") == 5
+    assert dequeue(conn, 30) == []
