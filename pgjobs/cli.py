@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -18,7 +19,7 @@ import psycopg
 
 from . import _database, _sql, client, embedded, migrations, queue, schedules, tasks
 from .errors import ConfigurationError, PgjobsError, SchemaError
-from .job import Job
+from .job import Job, JobStatus
 from .reaper import ReaperConfig
 from .schedules import SchedulerConfig
 from .worker import Worker
@@ -122,6 +123,40 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    with _connection(args) as conn:
+        found = client.jobs(queue=args.queue, status=args.status, task=args.task, limit=args.limit, conn=conn)
+    for job in found:
+        if args.json:
+            print(json.dumps(dataclasses.asdict(job), default=str))
+        else:
+            print(f"{job.id}  {job.status}  {job.queue}  {job.task}  attempts={job.attempts}/{job.max_attempts}  "
+                  f"enqueued={job.enqueued_at:%Y-%m-%d %H:%M:%S}")  # fmt: skip
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    with _connection(args) as conn:
+        if args.failed:
+            print(f"{client.retry_failed(args.queue, args.task, conn=conn)} job(s) queued again")
+            return 0
+        if args.job_id is None:
+            raise PgjobsError("retry needs a job ID or --failed")
+        status = client.retry(args.job_id, conn=conn)
+    if status is None:
+        raise PgjobsError(f"job {args.job_id} is unknown, or neither failed nor aborted")
+    print(status)
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    with _connection(args) as conn:
+        if not client.delete_job(args.job_id, conn=conn):
+            raise PgjobsError(f"no job {args.job_id}")
+    print("deleted")
+    return 0
+
+
 def _workers(args: argparse.Namespace) -> int:
     with _connection(args) as conn:
         rows = _database.fetch(conn, _sql.query("worker_list"))
@@ -221,7 +256,7 @@ def _describe(q: queue.Queue) -> str:
 def _queues(args: argparse.Namespace) -> int:
     with _connection(args) as conn:
         for q in queue.queues(conn=conn):
-            print(_describe(q))
+            print(json.dumps(dataclasses.asdict(q), default=str) if args.json else _describe(q))
     return 0
 
 
@@ -395,6 +430,25 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("job_id", type=int)
     c.set_defaults(func=_cancel)
 
+    c = command("jobs", "list jobs, newest first")
+    c.add_argument("--queue")
+    c.add_argument("--status", choices=[s.value for s in JobStatus])
+    c.add_argument("--task")
+    c.add_argument("--limit", type=int, default=50)
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
+    c.set_defaults(func=_jobs)
+
+    c = command("retry", "put a failed or aborted job back in its queue, or every failed one")
+    c.add_argument("job_id", type=int, nargs="?")
+    c.add_argument("--failed", action="store_true", help="every failed job (of --queue, --task)")
+    c.add_argument("--queue")
+    c.add_argument("--task")
+    c.set_defaults(func=_retry)
+
+    c = command("delete", "delete a job that is not running")
+    c.add_argument("job_id", type=int)
+    c.set_defaults(func=_delete)
+
     c = command("demo", "run a worker on demo tasks while jobs are enqueued")
     c.add_argument("--jobs", type=int, help="stop after this many jobs (default: run until Ctrl-C)")
     c.add_argument("--rate", type=float, default=5.0, help="jobs enqueued per second (default 5)")
@@ -417,6 +471,7 @@ def _parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_backfill)
 
     c = command("queues", "list queues: settings, jobs queued and running, the oldest wait")
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
     c.set_defaults(func=_queues)
 
     c = command("queue", "pause, resume or limit a queue (every worker obeys at its next claim)")

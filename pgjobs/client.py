@@ -343,6 +343,45 @@ async def drain_async(
         await conn.close()
 
 
+def _retry_call(job_id: int) -> Call[JobStatus | None]:
+    def parse(rows: list[_database.Row]) -> JobStatus | None:
+        return JobStatus(rows[0]["status"]) if rows[0]["status"] is not None else None
+
+    return Call(_sql.query("job_retry"), {"id": job_id}, parse)
+
+
+def retry(job_id: int, *, conn: Connection | None = None) -> JobStatus | None:
+    """Put a failed or aborted job back in its queue (one more attempt if it used them all).
+
+    Returns ``queued``, or None when the job is unknown or neither failed nor aborted.
+    """
+    return run(_retry_call(job_id), conn)
+
+
+def retry_failed(queue: str | None = None, task: str | None = None, *, conn: Connection | None = None) -> int:
+    """Retry every failed job of a queue and/or task (None: any); returns how many."""
+    call = Call(_sql.query("job_retry_failed"), {"queue": queue, "task": task}, lambda rows: int(rows[0]["n"]))
+    return run(call, conn)
+
+
+def delete_job(job_id: int, *, conn: Connection | None = None) -> bool:
+    """Delete a job that is not running (a running one must be cancelled first: 22023)."""
+    return run(Call(_sql.query("job_delete"), {"id": job_id}, lambda rows: bool(rows[0]["deleted"])), conn)
+
+
+def jobs(
+    *,
+    queue: str | None = None,
+    status: str | None = None,
+    task: str | None = None,
+    limit: int = 50,
+    conn: Connection | None = None,
+) -> list[Job]:
+    """Jobs newest first, filtered by queue, status and task."""
+    params = {"queue": queue, "status": status, "task": task, "limit": limit}
+    return run(Call(_sql.query("job_list"), params, lambda rows: [Job.from_row(r) for r in rows]), conn)
+
+
 # ------------------------------------------------------------------------------------------------
 # Workers, the reaper, events
 # ------------------------------------------------------------------------------------------------

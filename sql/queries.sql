@@ -247,3 +247,24 @@ SELECT * FROM pgjobs.queues ORDER BY queue;
 -- Jobs of these queues not finished yet (a client counts its own).
 SELECT count(*) AS n FROM pgjobs.jobs
 WHERE queue = ANY (%(queues)s) AND expires_at IS NULL AND status IN ('waiting', 'queued', 'active', 'aborting');
+
+-- name: job_retry
+-- Put a failed or aborted job back in its queue; its new status, NULL if it was neither.
+SELECT pgjobs.retry(%(id)s) AS status;
+
+-- name: job_retry_failed
+-- Retry every failed job of a queue and/or task (NULL: any); how many.
+SELECT pgjobs.retry_failed(%(queue)s, %(task)s) AS n;
+
+-- name: job_delete
+-- Delete a job that is not running.
+SELECT pgjobs.delete_job(%(id)s) AS deleted;
+
+-- name: job_list
+-- Jobs newest first, filtered (NULL: any), one page.
+SELECT * FROM pgjobs.jobs
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+  AND (%(status)s::pgjobs.job_status IS NULL OR status = %(status)s::pgjobs.job_status)
+  AND (%(task)s::text IS NULL OR task = %(task)s)
+ORDER BY id DESC
+LIMIT %(limit)s;

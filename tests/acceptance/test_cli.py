@@ -91,3 +91,18 @@ def test_queue_commands_pause_limit_and_list(dsn: str) -> None:
     assert_one_clear_line(run_cli("queue", "limit", "emails", "--rate", "fast", "--dsn", dsn), "not a rate")
     assert_one_clear_line(run_cli("queue", "limit", "emails", "--max-active", "-1", "--dsn", dsn), "max_active")
     assert_one_clear_line(run_cli("queue", "limit", "emails", "--dsn", dsn), "needs --rate")
+
+
+def test_jobs_retry_and_delete_commands(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        job_id = conn.execute("SELECT pgjobs.enqueue('app.t', max_attempts => 1)").fetchone()[0]  # type: ignore[index]
+        conn.execute("SELECT * FROM pgjobs.dequeue('w', '{default}', 1)")
+        conn.execute("SELECT pgjobs.fail(%s, 'boom')", [job_id])
+    listed = run_cli("jobs", "--status", "failed", "--json", "--dsn", dsn)
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [job_id], listed.stderr
+    assert run_cli("retry", str(job_id), "--dsn", dsn).stdout.strip() == "queued"
+    assert_one_clear_line(run_cli("retry", str(job_id), "--dsn", dsn), "neither failed nor aborted")
+    assert "0 job(s) queued again" in run_cli("retry", "--failed", "--queue", "default", "--dsn", dsn).stdout
+    assert run_cli("delete", str(job_id), "--dsn", dsn).stdout.strip() == "deleted"
+    assert_one_clear_line(run_cli("delete", str(job_id), "--dsn", dsn), f"no job {job_id}")
+    assert json.loads(run_cli("queues", "--json", "--dsn", dsn).stdout or "null") is None  # nothing left
