@@ -157,6 +157,50 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
+# metric: (option, what it measures); a state is judged when the value reaches WARN or CRIT.
+_HEALTH = {
+    "queue_depth": "depth",
+    "queue_oldest_seconds": "age",
+    "table_dead_tuples": "dead_tuples",
+    "oldest_xmin_seconds": "xmin_age",
+    "jobs_overdue": "overdue",
+    "workers_silent": "silent_workers",
+}
+_STATES = ("OK", "WARNING", "CRITICAL")
+
+
+def _thresholds(text: str) -> tuple[float, float]:
+    warn, _, crit = text.partition(":")
+    try:
+        return float(warn), float(crit or "inf")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WARN:CRIT (numbers)") from None
+
+
+def _health(args: argparse.Namespace) -> int:
+    with _connection(args) as conn:
+        rows = _database.fetch(conn, _sql.query("health"))
+    due = any(r["metric"] == "queue_depth" and r["value"] > 0 for r in rows)
+    report = []
+    for r in rows:
+        state = 0
+        option = _HEALTH.get(r["metric"])
+        if option is not None:
+            warn, crit = getattr(args, option)
+            state = 2 if r["value"] >= crit else 1 if r["value"] >= warn else 0
+        elif r["metric"] == "workers_alive" and r["value"] == 0 and due:
+            state = 2  # jobs are due and no worker is there to take them
+        report.append({**r, "state": _STATES[state]})
+    worst = max((_STATES.index(r["state"]) for r in report), default=0)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for r in report:
+            print(f"{r['state']:<8} {r['metric']} {r['subject'] or '-'} {r['value']:g}")
+        print(f"pgjobs health: {_STATES[worst]}")
+    return worst
+
+
 def _workers(args: argparse.Namespace) -> int:
     with _connection(args) as conn:
         rows = _database.fetch(conn, _sql.query("worker_list"))
@@ -448,6 +492,20 @@ def _parser() -> argparse.ArgumentParser:
     c = command("delete", "delete a job that is not running")
     c.add_argument("job_id", type=int)
     c.set_defaults(func=_delete)
+
+    c = command("health", "judge the queues, tables, vacuum and workers; exit 0 healthy, 1 warning, 2 critical")
+    for option, default, what in (
+        ("--depth", "10000:100000", "jobs due in a queue"),
+        ("--age", "300:3600", "seconds the oldest due job of a queue has waited"),
+        ("--dead-tuples", "1000000:10000000", "dead tuples in pgjobs.jobs_live"),
+        ("--xmin-age", "600:3600", "seconds the oldest transaction or snapshot holds back vacuum"),
+        ("--overdue", "1:100", "running jobs past their timeout or heartbeat (the reaper is behind)"),
+        ("--silent-workers", "1:inf", "workers past their heartbeat, not yet marked dead"),
+    ):
+        c.add_argument(option, type=_thresholds, default=_thresholds(default), metavar="WARN:CRIT",
+                       help=f"{what} (default {default})")  # fmt: skip
+    c.add_argument("--json", action="store_true", help="the measurements and their states as JSON")
+    c.set_defaults(func=_health)
 
     c = command("demo", "run a worker on demo tasks while jobs are enqueued")
     c.add_argument("--jobs", type=int, help="stop after this many jobs (default: run until Ctrl-C)")

@@ -268,3 +268,7 @@ WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
   AND (%(task)s::text IS NULL OR task = %(task)s)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: health
+-- The measurements `pgjobs health` judges.
+SELECT metric, subject, value FROM pgjobs.health() ORDER BY metric, subject;

@@ -75,3 +75,41 @@ BEGIN
     RETURN FOUND;
 END;
 $$;
+
+-- What `pgjobs health` judges, one measurement a row: subject is a queue, a table or '' (the
+-- whole installation); the caller applies its thresholds.
+--   queue_depth (jobs due), queue_oldest_seconds (the oldest due job's wait),
+--   table_dead_tuples and table_bytes (jobs_live, jobs_done), oldest_xmin_seconds (the oldest
+--   transaction or snapshot that keeps vacuum from cleaning up), jobs_overdue (active jobs past
+--   their timeout or heartbeat: the reaper should have stopped them), workers_alive, workers_silent
+--   (running or stopping but past their heartbeat, not yet marked dead).
+CREATE OR REPLACE FUNCTION pgjobs.health()
+RETURNS TABLE (metric text, subject text, value double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT 'queue_depth', q.queue, q.queued::float8 FROM pgjobs.queues q
+    UNION ALL
+    SELECT 'queue_oldest_seconds', q.queue, coalesce(q.oldest_queued_seconds, 0) FROM pgjobs.queues q
+    UNION ALL
+    SELECT 'table_dead_tuples', s.relname::text, s.n_dead_tup::float8
+    FROM pg_stat_user_tables s WHERE s.schemaname = 'pgjobs' AND s.relname IN ('jobs_live')
+    UNION ALL
+    SELECT 'table_bytes', 'jobs_live', pg_total_relation_size('pgjobs.jobs_live')::float8
+    UNION ALL
+    SELECT 'table_bytes', 'jobs_done', coalesce(sum(pg_total_relation_size(t.relid)), 0)::float8
+    FROM pg_partition_tree('pgjobs.jobs_done') t
+    UNION ALL
+    SELECT 'oldest_xmin_seconds', '',
+           coalesce(extract(epoch FROM now() - min(coalesce(a.xact_start, a.query_start))), 0)::float8
+    FROM pg_stat_activity a WHERE a.backend_xmin IS NOT NULL AND a.pid <> pg_backend_pid()
+    UNION ALL
+    SELECT 'jobs_overdue', '', count(*)::float8 FROM pgjobs.jobs_live j
+    WHERE j.status IN ('active', 'aborting')
+      AND ((j.timeout > 0 AND j.started_at + make_interval(secs => j.timeout) < now())
+           OR (j.heartbeat > 0 AND j.touched_at + make_interval(secs => j.heartbeat) < now()))
+    UNION ALL
+    SELECT 'workers_alive', '', count(*) FILTER (WHERE pgjobs.worker_is_alive(w.id))::float8
+    FROM pgjobs.workers w WHERE w.status IN ('running', 'stopping')
+    UNION ALL
+    SELECT 'workers_silent', '', count(*) FILTER (WHERE NOT pgjobs.worker_is_alive(w.id))::float8
+    FROM pgjobs.workers w WHERE w.status IN ('running', 'stopping')
+$$;

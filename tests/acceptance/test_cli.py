@@ -106,3 +106,18 @@ def test_jobs_retry_and_delete_commands(dsn: str) -> None:
     assert run_cli("delete", str(job_id), "--dsn", dsn).stdout.strip() == "deleted"
     assert_one_clear_line(run_cli("delete", str(job_id), "--dsn", dsn), f"no job {job_id}")
     assert json.loads(run_cli("queues", "--json", "--dsn", dsn).stdout or "null") is None  # nothing left
+
+
+def test_health_exit_status_follows_what_it_finds(dsn: str) -> None:
+    healthy = run_cli("health", "--dsn", dsn)
+    assert healthy.returncode == 0 and healthy.stdout.splitlines()[-1] == "pgjobs health: OK", healthy.stdout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pgjobs.enqueue('app.t')")
+        stranded = run_cli("health", "--dsn", dsn)  # a job is due and no worker is alive
+        assert stranded.returncode == 2 and "CRITICAL workers_alive - 0" in stranded.stdout, stranded.stdout
+        conn.execute("SELECT pgjobs.worker_register('w1', 'host', 1, 'me', '{default}', 4, 60)")
+        assert run_cli("health", "--dsn", dsn).returncode == 0
+        waited = run_cli("health", "--age", "0:100000", "--json", "--dsn", dsn)
+    assert waited.returncode == 1
+    states = {(r["metric"], r["subject"]): r["state"] for r in json.loads(waited.stdout)}
+    assert states[("queue_oldest_seconds", "default")] == "WARNING" and states[("workers_alive", "")] == "OK"
