@@ -41,6 +41,22 @@ def _job_json(job: Job) -> str:
     return json.dumps({k: v for k, v in vars(job).items()}, default=str, indent=2)
 
 
+def _serve_metrics(port: int, dsn: str) -> Any:
+    """Serve /metrics on port (this worker's counts and the queues' state); the WorkerMetrics."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from .metrics import DatabaseCollector, WorkerMetrics
+    except ImportError:
+        raise ConfigurationError("--metrics-port needs prometheus-client: pip install 'pgjobs[metrics]'") from None
+    registry = CollectorRegistry()
+    registry.register(DatabaseCollector(dsn))
+    metrics = WorkerMetrics(registry)
+    start_http_server(port, registry=registry)
+    logger.info("metrics on http://0.0.0.0:%d/metrics", port)
+    return metrics
+
+
 # -- commands ---------------------------------------------------------------------------------------
 def _worker(args: argparse.Namespace) -> int:
     sys.path.insert(0, os.getcwd())  # like `python -m`: task modules next to the caller import
@@ -59,6 +75,7 @@ def _worker(args: argparse.Namespace) -> int:
         log_args=args.log_args,
         connections=args.connections,
         startup_timeout=args.startup_timeout,
+        metrics=_serve_metrics(args.metrics_port, dsn) if args.metrics_port is not None else None,
     )
     asyncio.run(worker.run(handle_signals=True))
     return 0
@@ -431,6 +448,7 @@ def _parser() -> argparse.ArgumentParser:
         "--startup-timeout", type=float,
         help="seconds to wait at start for a database that does not answer yet (default: as long as it takes)",
     )  # fmt: skip
+    c.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (needs pgjobs[metrics])")
     c.set_defaults(func=_worker)
 
     c = command("workers", "list workers, newest first")

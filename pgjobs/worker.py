@@ -34,7 +34,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -46,6 +46,9 @@ from .reaper import Reaper, ReaperConfig
 from .schedules import Schedule, Scheduler, SchedulerConfig, store
 from .schedules import registry as schedule_registry
 from .tasks import Task, registry
+
+if TYPE_CHECKING:
+    from .metrics import WorkerMetrics
 
 logger = logging.getLogger("pgjobs.worker")
 
@@ -111,6 +114,7 @@ class Worker:
         and the scheduler; the LISTEN session is one more.
     :param startup_timeout: seconds to wait at start for a database that does not answer yet
         (down, starting, out of connection slots); None waits as long as it takes.
+    :param metrics: where to count runs and their durations (pgjobs.metrics.WorkerMetrics).
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class Worker:
         log_args: bool = False,
         connections: int = 1,
         startup_timeout: float | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -149,6 +154,7 @@ class Worker:
         self.tasks = tasks if tasks is not None else registry
         self.log_args = log_args
         self.startup_timeout = startup_timeout
+        self.metrics = metrics
         self._outage = _database.Outage(logger)
         self._pool = _database.Pool(dsn, connections, owner=self.id, outage=self._outage)
         self._listen_link = _database.Link(dsn, "listen", self._listen_setup, owner=self.id, outage=self._outage)
@@ -479,8 +485,10 @@ class Worker:
                 logger.warning(
                     "job %d %s finished, but the run was no longer ours: result dropped", o.job.id, o.job.task
                 )
+                self._count(o, "dropped")
             else:
                 logger.info("job %d %s complete in %.1f ms", o.job.id, o.job.task, o.seconds * 1000)
+                self._count(o, "complete")
         return [Job._claimed(r, self.id) for r in rows if r[1]]
 
     async def _drain(self, exchange: asyncio.Task[None]) -> None:
@@ -715,6 +723,8 @@ class Worker:
                 )
                 recorded.append(o)
                 self._log_failure(o, rows[0]["status"])
+                status = rows[0]["status"]
+                self._count(o, "dropped" if status is None else "retried" if status == "queued" else "failed")
                 if rows[0]["status"] == "failed" and o.job.id is not None:
                     self._failures.append((o.job.id, o.job.task, o.error))
         released = [o for o in batch if o.kind == "release"]
@@ -725,6 +735,11 @@ class Worker:
             recorded.extend(released)
             for o in released:
                 logger.info("job %d %s given back to the queue after %.1f ms", o.job.id, o.job.task, o.seconds * 1000)
+                self._count(o, "released")
+
+    def _count(self, o: _Outcome, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(o.job.queue, o.job.task, outcome, o.seconds)
 
     @staticmethod
     def _log_failure(o: _Outcome, status: str | None) -> None:

@@ -272,3 +272,10 @@ LIMIT %(limit)s;
 -- name: health
 -- The measurements `pgjobs health` judges.
 SELECT metric, subject, value FROM pgjobs.health() ORDER BY metric, subject;
+
+-- name: worker_counts
+-- Workers by status; running or stopping ones past their heartbeat count as silent.
+SELECT CASE WHEN w.status IN ('running', 'stopping') AND NOT pgjobs.worker_is_alive(w.id) THEN 'silent'
+            ELSE w.status::text END AS status,
+       count(*) AS n
+FROM pgjobs.workers w GROUP BY 1;

@@ -150,3 +150,36 @@ def _wait_status(dsn: str, job_id: int, status: str, timeout: float = 20) -> Non
             return
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} never became {status}")
+
+
+def test_a_worker_serves_prometheus_metrics(dsn: str, tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pgjobs.enqueue('acceptance.record') FROM generate_series(1, 3)")
+        conn.execute("SELECT pgjobs.enqueue('acceptance.record', queue => 'later', scheduled_at => now() + interval '1 hour')")
+    env = {"PGJOBS_ACCEPTANCE_LOG": str(tmp_path)}
+    worker = Process("worker", "tests.acceptance.tasks", "--dsn", dsn, "--metrics-port", str(port), env=env)
+    try:
+        wait_until_done(dsn, 3, timeout=60)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, worker.output()
+                time.sleep(0.2)
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        worker.close()
+    assert 'pgjobs_worker_jobs_total{outcome="complete",queue="default",task="acceptance.record"} 3.0' in text
+    assert 'pgjobs_worker_job_duration_seconds_count{queue="default",task="acceptance.record"} 3.0' in text
+    assert 'pgjobs_queue_jobs{queue="later",status="scheduled"} 1.0' in text
+    assert 'pgjobs_queue_oldest_queued_seconds{queue="later"} 0.0' in text
+    assert 'pgjobs_workers{status="running"} 1.0' in text
