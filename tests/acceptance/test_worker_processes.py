@@ -161,7 +161,9 @@ def test_a_worker_serves_prometheus_metrics(dsn: str, tmp_path: Path) -> None:
         port = s.getsockname()[1]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pgjobs.enqueue('acceptance.record') FROM generate_series(1, 3)")
-        conn.execute("SELECT pgjobs.enqueue('acceptance.record', queue => 'later', scheduled_at => now() + interval '1 hour')")
+        conn.execute(
+            "SELECT pgjobs.enqueue('acceptance.record', queue => 'later', scheduled_at => now() + interval '1 hour')"
+        )
     env = {"PGJOBS_ACCEPTANCE_LOG": str(tmp_path)}
     worker = Process("worker", "tests.acceptance.tasks", "--dsn", dsn, "--metrics-port", str(port), env=env)
     try:
