@@ -145,9 +145,9 @@ BEGIN
 END;
 $$;
 
--- Announce new jobs on pgjobs.events as the insert trigger does: enqueue writes to jobs_live, whose
--- inserts do not fire the statement triggers of pgjobs.jobs.
-CREATE OR REPLACE FUNCTION pgjobs._announce_new(ids bigint[], status pgjobs.job_status DEFAULT 'queued')
+-- Announce jobs that took one status on pgjobs.events as the statement triggers of pgjobs.jobs do:
+-- enqueue and complete_many write to jobs_live, whose statements do not fire those triggers.
+CREATE OR REPLACE FUNCTION pgjobs._announce_events(ids bigint[], status pgjobs.job_status)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN

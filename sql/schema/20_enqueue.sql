@@ -167,7 +167,7 @@ BEGIN
                 -- Delivered at commit only, and folded into one per channel per transaction.
                 PERFORM pg_notify(pgjobs._channel(j.queue), '');
             END IF;
-            PERFORM pgjobs._announce_new(ARRAY[j.id], j.status);
+            PERFORM pgjobs._announce_events(ARRAY[j.id], j.status);
             RETURN j;
         END IF;
         -- A new statement sees the job that won the conflict, even one committed a moment ago.
@@ -313,7 +313,7 @@ BEGIN
     END IF;
 
     PERFORM pg_notify(pgjobs._channel(q), '') FROM unnest(queues) AS q;
-    PERFORM pgjobs._announce_new(array_remove(ids, NULL));
+    PERFORM pgjobs._announce_events(array_remove(ids, NULL), 'queued');
 
     -- A new statement sees the jobs that hold the conflicting keys, this call's own included.
     RETURN QUERY

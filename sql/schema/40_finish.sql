@@ -35,7 +35,9 @@ BEGIN
         PERFORM pgjobs._refuse('attempts', 'must be NULL or hold one attempt per job id');
     END IF;
     WITH changed AS (
-        UPDATE pgjobs.jobs j
+        -- The hot partition itself: through pgjobs.jobs, the statement trigger's transition tables
+        -- would copy every row (events are announced below instead).
+        UPDATE pgjobs.jobs_live j
         SET status = 'complete',
             result = CASE WHEN u.result IS NULL OR pg_column_size(u.result) <= cap THEN u.result
                           ELSE pgjobs._fit_result(u.result) END,
@@ -52,6 +54,7 @@ BEGIN
     INTO done, unblocked
     FROM changed c;
     PERFORM pgjobs._announce_done(done);
+    PERFORM pgjobs._announce_events(done, 'complete');
     -- The next job of each group may run now: wake the workers of its queue.
     PERFORM pg_notify(pgjobs.queue_channel(q), '') FROM unnest(unblocked) AS q;
     RETURN QUERY SELECT unnest(done);
