@@ -1,24 +1,39 @@
 -- Admin: what an operator does to jobs by hand (retry, delete), one job or many at once.
 
--- Put a failed or aborted job back in its queue, with one more attempt if it had used them all.
--- Returns its new status (queued), or NULL when the job is unknown or not failed or aborted. Its
--- last error stays until the next run ends. Dependants it aborted stay aborted.
+-- Put these failed or aborted jobs back in their queues now, with one more attempt for those that
+-- had used them all, and wake the queues; returns how many. (A job whose key an unfinished job
+-- holds now raises unique_violation.)
+CREATE OR REPLACE FUNCTION pgjobs._requeue(job_ids bigint[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+    woken text[];
+BEGIN
+    WITH again AS (
+        UPDATE pgjobs.jobs j
+        SET status = 'queued', scheduled_at = now(), max_attempts = greatest(j.max_attempts, j.attempts + 1),
+            worker_id = NULL, started_at = NULL, touched_at = NULL, completed_at = NULL, abort_reason = NULL,
+            result = NULL, progress = 0, expires_at = NULL  -- back from history to the hot table
+        WHERE j.id = ANY (job_ids) AND j.status IN ('failed', 'aborted')
+        RETURNING j.queue
+    )
+    SELECT count(*), array_agg(DISTINCT again.queue) INTO n, woken FROM again;
+    PERFORM pg_notify(pgjobs._channel(w), '') FROM unnest(woken) AS w;
+    RETURN n;
+END;
+$$;
+
+-- Put a failed or aborted job back in its queue (see _requeue). Returns its new status (queued),
+-- or NULL when the job is unknown or not failed or aborted. Its last error stays until the next
+-- run ends. Dependants it aborted stay aborted.
 CREATE OR REPLACE FUNCTION pgjobs.retry(job_id bigint) RETURNS pgjobs.job_status
 LANGUAGE plpgsql AS $$
 DECLARE
-    q text;
     k text;
 BEGIN
-    UPDATE pgjobs.jobs j
-    SET status = 'queued', scheduled_at = now(), max_attempts = greatest(j.max_attempts, j.attempts + 1),
-        worker_id = NULL, started_at = NULL, touched_at = NULL, completed_at = NULL, abort_reason = NULL,
-        result = NULL, progress = 0, expires_at = NULL  -- back from history to the hot table
-    WHERE j.id = job_id AND j.status IN ('failed', 'aborted')
-    RETURNING j.queue, j.key INTO q, k;
-    IF NOT FOUND THEN
+    IF pgjobs._requeue(ARRAY[job_id]) = 0 THEN
         RETURN NULL;
     END IF;
-    PERFORM pg_notify(pgjobs._channel(q), '');
     RETURN 'queued';
 EXCEPTION WHEN unique_violation THEN
     SELECT j.key INTO k FROM pgjobs.jobs j WHERE j.id = job_id;
@@ -31,17 +46,9 @@ $$;
 -- unfinished job holds now are left failed.
 CREATE OR REPLACE FUNCTION pgjobs.retry_failed(queue text DEFAULT NULL, task text DEFAULT NULL)
 RETURNS integer
-LANGUAGE plpgsql AS $$
-#variable_conflict use_column
-DECLARE
-    n integer;
-    woken text[];
-BEGIN
-    WITH again AS (
-        UPDATE pgjobs.jobs j
-        SET status = 'queued', scheduled_at = now(), max_attempts = greatest(j.max_attempts, j.attempts + 1),
-            worker_id = NULL, started_at = NULL, touched_at = NULL, completed_at = NULL, abort_reason = NULL,
-            result = NULL, progress = 0, expires_at = NULL
+LANGUAGE sql AS $$
+    SELECT pgjobs._requeue(ARRAY(
+        SELECT j.id FROM pgjobs.jobs j
         WHERE j.status = 'failed'
           AND (retry_failed.queue IS NULL OR j.queue = retry_failed.queue)
           AND (retry_failed.task IS NULL OR j.task = retry_failed.task)
@@ -51,13 +58,7 @@ BEGIN
           -- of two failed jobs with one key, the newest
           AND (j.key IS NULL OR NOT EXISTS (SELECT FROM pgjobs.jobs f
                                             WHERE f.enqueued_by = j.enqueued_by AND f.key = j.key
-                                              AND f.status = 'failed' AND f.id > j.id))
-        RETURNING j.queue
-    )
-    SELECT count(*), array_agg(DISTINCT again.queue) INTO n, woken FROM again;
-    PERFORM pg_notify(pgjobs._channel(w), '') FROM unnest(woken) AS w;
-    RETURN n;
-END;
+                                              AND f.status = 'failed' AND f.id > j.id))))
 $$;
 
 -- Delete a job that is not running; returns whether one was deleted. A running job must be
