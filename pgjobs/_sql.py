@@ -1,4 +1,4 @@
-"""The SQL shipped with pgjobs: migrations and the named queries in ``queries.sql``."""
+"""The SQL shipped with pgjobs: migrations and the named queries in ``queries.sql`` (and ``dashboard.sql``)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ def read(relative: str) -> str:
 
 
 @functools.cache
-def queries() -> dict[str, sql.SQL]:
-    """Parse ``queries.sql``: each query follows a ``-- name: <name>`` line."""
-    text = read("queries.sql")
+def queries(file: str = "queries.sql") -> dict[str, sql.SQL]:
+    """Parse a file of named queries (``queries.sql``): each query follows a ``-- name: <name>`` line."""
+    text = read(file)
     parts = _NAME.split(text)
     found: dict[str, sql.SQL] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
@@ -32,6 +32,6 @@ def queries() -> dict[str, sql.SQL]:
     return found
 
 
-def query(name: str) -> sql.SQL:
-    """One named query from ``queries.sql``."""
-    return queries()[name]
+def query(name: str, file: str = "queries.sql") -> sql.SQL:
+    """One named query from ``queries.sql``, or from another file of named queries."""
+    return queries(file)[name]

@@ -369,6 +369,14 @@ def _dsn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    try:
+        from .dashboard.serve import serve
+    except ImportError:
+        raise ConfigurationError("pgjobs dashboard needs its extra: pip install 'pgjobs[dashboard]'") from None
+    return serve(args.dsn, host=args.host, port=args.port, read_only=args.read_only, token=args.token or None)
+
+
 def _embedded(args: argparse.Namespace) -> int:
     if args.action == "stop":
         print("stopped" if embedded.stop() else "not running")
@@ -558,6 +566,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--group-rate", help="claims per period for each group_key (0: no limit)")
     c.add_argument("--group-max-active", type=int, help="active jobs of one group at most (default 1; 0: no limit)")
     c.set_defaults(func=_queue)
+
+    c = command("dashboard", "serve the browser dashboard, its JSON API and /metrics (needs pgjobs[dashboard])")
+    c.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --token)")
+    c.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    c.add_argument("--read-only", action="store_true", help="show no action buttons and refuse every action")
+    c.add_argument(
+        "--token", default=os.environ.get("PGJOBS_DASHBOARD_TOKEN"),
+        help="require this token: Bearer, basic password or login form (default $PGJOBS_DASHBOARD_TOKEN)",
+    )  # fmt: skip
+    c.set_defaults(func=_dashboard)
 
     c = command("dsn", "print the DSN in use (password hidden)")
     c.set_defaults(func=_dsn)
