@@ -25,6 +25,26 @@ SELECT * FROM pgjobs.enqueue_job(
 -- Enqueue a JSON array of jobs; one id per element, in input order.
 SELECT item, id FROM pgjobs.enqueue_many(%(jobs)s) ORDER BY item;
 
+-- name: job_enqueue_arrays
+-- Enqueue jobs given as arrays (one element for all, or one a job); args and meta as JSON arrays.
+SELECT item, id FROM pgjobs.enqueue_many(
+    task => %(task)s::text[],
+    args => ARRAY(SELECT jsonb_array_elements(%(args)s::jsonb)),
+    queue => %(queue)s::text[],
+    priority => %(priority)s::integer[],
+    scheduled_at => %(scheduled_at)s::timestamptz[],
+    delay => %(delay)s::double precision[],
+    group_key => %(group_key)s::text[],
+    key => %(key)s::text[],
+    max_attempts => %(max_attempts)s::integer[],
+    timeout => %(timeout)s::double precision[],
+    heartbeat => %(heartbeat)s::double precision[],
+    retry_delay => %(retry_delay)s::double precision[],
+    retry_backoff => %(retry_backoff)s::double precision[],
+    ttl => %(ttl)s::integer[],
+    meta => ARRAY(SELECT jsonb_array_elements(%(meta)s::jsonb))
+) ORDER BY item;
+
 -- name: job_has
 -- Whether the caller has an unfinished job with this key.
 SELECT pgjobs.has_job(%(key)s) AS has;

@@ -231,64 +231,98 @@ LANGUAGE sql AS $$
                                timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, depends_on)).id
 $$;
 
--- Enqueue many jobs (keys are looked up among the caller's own jobs).
-CREATE OR REPLACE FUNCTION pgjobs.enqueue_many(jobs jsonb)
-RETURNS TABLE (item integer, id bigint)
+-- Enqueue many jobs given as arrays, element i of each for job i; an array of one element applies
+-- to every job; NULL, an empty array or a NULL element means the default. Checked all at once: the first wrong job,
+-- in array order, is reported and none is inserted. Keys are looked up among the caller's own jobs.
+-- Arrays rather than one JSON document: nothing to parse but the arguments themselves.
+CREATE OR REPLACE FUNCTION pgjobs.enqueue_many(
+    task text[],
+    args jsonb[],
+    queue text[] DEFAULT NULL,
+    priority integer[] DEFAULT NULL,
+    scheduled_at timestamptz[] DEFAULT NULL,
+    delay double precision[] DEFAULT NULL,
+    group_key text[] DEFAULT NULL,
+    key text[] DEFAULT NULL,
+    max_attempts integer[] DEFAULT NULL,
+    timeout double precision[] DEFAULT NULL,
+    heartbeat double precision[] DEFAULT NULL,
+    retry_delay double precision[] DEFAULT NULL,
+    retry_backoff double precision[] DEFAULT NULL,
+    ttl integer[] DEFAULT NULL,
+    meta jsonb[] DEFAULT NULL
+) RETURNS TABLE (item integer, id bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     cap bigint := pgjobs.max_payload();
-    known text[] := ARRAY['task', 'args', 'queue', 'priority', 'scheduled_at', 'group_key', 'key', 'max_attempts',
-                          'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta', 'delay',
-                          'depends_on', 'depends_on_items'];
+    n integer := greatest(cardinality(task), cardinality(args), cardinality(queue), cardinality(priority),
+                          cardinality(scheduled_at), cardinality(delay), cardinality(group_key), cardinality(key),
+                          cardinality(max_attempts), cardinality(timeout), cardinality(heartbeat),
+                          cardinality(retry_delay), cardinality(retry_backoff), cardinality(ttl), cardinality(meta));
+    lengths integer[] := ARRAY[cardinality(task), cardinality(args), cardinality(queue), cardinality(priority),
+                               cardinality(scheduled_at), cardinality(delay), cardinality(group_key),
+                               cardinality(key), cardinality(max_attempts), cardinality(timeout),
+                               cardinality(heartbeat), cardinality(retry_delay), cardinality(retry_backoff),
+                               cardinality(ttl), cardinality(meta)];
+    names text[] := ARRAY['task', 'args', 'queue', 'priority', 'scheduled_at', 'delay', 'group_key', 'key',
+                          'max_attempts', 'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta'];
     problem text[];
-    items integer[];
     ids bigint[];
-    keys text[];
     queues text[];
+    keyed boolean;
 BEGIN
-    IF jsonb_typeof(jobs) IS DISTINCT FROM 'array' THEN
-        PERFORM pgjobs._refuse('jobs', 'must be a JSON array of job objects');
-    END IF;
-    IF jobs @? '$[*] ? (exists(@.depends_on) || exists(@.depends_on_items))' THEN
-        -- Dependencies: one job after the other, each able to name those before it.
-        RETURN QUERY SELECT d.item, d.id FROM pgjobs._enqueue_dag(jobs, known) AS d;
+    IF n IS NULL OR n = 0 THEN
         RETURN;
     END IF;
-    -- One statement parses each job once, checks them all, and inserts them only if none is wrong
-    -- (the first wrong one, in array order, is reported).
+    FOR i IN 1 .. cardinality(lengths) LOOP
+        IF lengths[i] NOT IN (0, 1, n) THEN
+            PERFORM pgjobs._refuse(names[i], format('must hold one element a job (%s) or one for all, got %s',
+                                                    n, lengths[i]));
+        END IF;
+    END LOOP;
+    -- One element for all: spread it, so that one unnest lines the jobs up.
+    IF n > 1 THEN
+        task := CASE WHEN cardinality(task) = 1 THEN array_fill(task[1], ARRAY[n]) ELSE task END;
+        args := CASE WHEN cardinality(args) = 1 THEN array_fill(args[1], ARRAY[n]) ELSE args END;
+        queue := CASE WHEN cardinality(queue) = 1 THEN array_fill(queue[1], ARRAY[n]) ELSE queue END;
+        priority := CASE WHEN cardinality(priority) = 1 THEN array_fill(priority[1], ARRAY[n]) ELSE priority END;
+        scheduled_at := CASE WHEN cardinality(scheduled_at) = 1 THEN array_fill(scheduled_at[1], ARRAY[n])
+                             ELSE scheduled_at END;
+        delay := CASE WHEN cardinality(delay) = 1 THEN array_fill(delay[1], ARRAY[n]) ELSE delay END;
+        group_key := CASE WHEN cardinality(group_key) = 1 THEN array_fill(group_key[1], ARRAY[n]) ELSE group_key END;
+        key := CASE WHEN cardinality(key) = 1 THEN array_fill(key[1], ARRAY[n]) ELSE key END;
+        max_attempts := CASE WHEN cardinality(max_attempts) = 1 THEN array_fill(max_attempts[1], ARRAY[n])
+                             ELSE max_attempts END;
+        timeout := CASE WHEN cardinality(timeout) = 1 THEN array_fill(timeout[1], ARRAY[n]) ELSE timeout END;
+        heartbeat := CASE WHEN cardinality(heartbeat) = 1 THEN array_fill(heartbeat[1], ARRAY[n]) ELSE heartbeat END;
+        retry_delay := CASE WHEN cardinality(retry_delay) = 1 THEN array_fill(retry_delay[1], ARRAY[n])
+                            ELSE retry_delay END;
+        retry_backoff := CASE WHEN cardinality(retry_backoff) = 1 THEN array_fill(retry_backoff[1], ARRAY[n])
+                              ELSE retry_backoff END;
+        ttl := CASE WHEN cardinality(ttl) = 1 THEN array_fill(ttl[1], ARRAY[n]) ELSE ttl END;
+        meta := CASE WHEN cardinality(meta) = 1 THEN array_fill(meta[1], ARRAY[n]) ELSE meta END;
+    END IF;
     WITH input AS MATERIALIZED (
-        SELECT e.n - 1 AS i, nextval('pgjobs.jobs_id_seq'::regclass) AS new_id, r.*,
-               CASE
-                   WHEN jsonb_typeof(e.doc) <> 'object' THEN
-                       ARRAY[format('jobs[%s]', e.n - 1), format('must be a JSON object, got %s', jsonb_typeof(e.doc))]
-                   WHEN e.doc - known <> '{}' THEN
-                       ARRAY[format('jobs[%s].%s', e.n - 1, (SELECT k FROM jsonb_object_keys(e.doc - known) AS k LIMIT 1)),
-                             'is not an enqueue parameter']
-                   WHEN r.fault IS NOT NULL THEN
-                       ARRAY[format('jobs[%s].', e.n - 1) || r.fault[1], r.fault[2]]
-               END AS problem
-        FROM jsonb_array_elements(jobs) WITH ORDINALITY AS e(doc, n),
-             LATERAL (
-                 SELECT d.task, coalesce(d.args, '{}') AS args, coalesce(d.queue, 'default') AS queue,
-                        coalesce(d.priority, 0) AS priority,
-                        coalesce(d.scheduled_at, now() + make_interval(secs => coalesce(d.delay, 0))) AS scheduled_at,
-                        d.group_key, d.key, coalesce(d.max_attempts, 3) AS max_attempts,
-                        coalesce(d.timeout, 0) AS timeout, coalesce(d.heartbeat, 0) AS heartbeat,
-                        coalesce(d.retry_delay, 1) AS retry_delay, coalesce(d.retry_backoff, 3600) AS retry_backoff,
-                        coalesce(d.ttl, 86400) AS ttl, coalesce(d.meta, '{}') AS meta,
-                        pgjobs._job_problem(d.task, d.args, d.queue, d.priority,
-                            coalesce(d.scheduled_at, now() + make_interval(secs => coalesce(d.delay, 0))),
-                            d.group_key, d.key, d.max_attempts, d.timeout, d.heartbeat, d.retry_delay,
-                            d.retry_backoff, d.ttl, d.meta, cap) AS fault
-                 FROM jsonb_to_record(CASE WHEN jsonb_typeof(e.doc) = 'object' THEN e.doc ELSE '{}' END) AS d(
-                     task text, args jsonb, queue text, priority integer, scheduled_at timestamptz, group_key text,
-                     key text, max_attempts integer, timeout double precision, heartbeat double precision,
-                     retry_delay double precision, retry_backoff double precision, ttl integer, meta jsonb,
-                     delay double precision)
-             ) r
+        SELECT r.*, nextval('pgjobs.jobs_id_seq'::regclass) AS new_id,
+               pgjobs._job_problem(r.task, r.args, r.queue, r.priority, r.scheduled_at, r.group_key, r.key,
+                   r.max_attempts, r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl, r.meta, cap) AS fault
+        FROM (
+            SELECT u.n - 1 AS i, u.task, coalesce(u.args, '{}') AS args, coalesce(u.queue, 'default') AS queue,
+                   coalesce(u.priority, 0) AS priority,
+                   coalesce(u.scheduled_at, now() + make_interval(secs => coalesce(u.delay, 0))) AS scheduled_at,
+                   u.group_key, u.key, coalesce(u.max_attempts, 3) AS max_attempts,
+                   coalesce(u.timeout, 0) AS timeout, coalesce(u.heartbeat, 0) AS heartbeat,
+                   coalesce(u.retry_delay, 1) AS retry_delay, coalesce(u.retry_backoff, 3600) AS retry_backoff,
+                   coalesce(u.ttl, 86400) AS ttl, coalesce(u.meta, '{}') AS meta
+            FROM unnest(task, args, queue, priority, scheduled_at, delay, group_key, key, max_attempts, timeout,
+                        heartbeat, retry_delay, retry_backoff, ttl, meta) WITH ORDINALITY
+                 AS u(task, args, queue, priority, scheduled_at, delay, group_key, key, max_attempts, timeout,
+                      heartbeat, retry_delay, retry_backoff, ttl, meta, n)
+        ) r
     ), refused AS (
-        SELECT i.problem FROM input i WHERE i.problem IS NOT NULL ORDER BY i.i LIMIT 1
+        SELECT ARRAY[format('jobs[%s].', i.i) || i.fault[1], i.fault[2]] AS problem
+        FROM input i WHERE i.fault IS NOT NULL ORDER BY i.i LIMIT 1
     ), inserted AS (
         INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, priority, group_key, key, max_attempts,
                                            scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
@@ -300,29 +334,85 @@ BEGIN
         ORDER BY i.i
         -- The one unique index a new job can meet: jobs_live_enqueued_by_key_idx.
         ON CONFLICT DO NOTHING
-        RETURNING t.id, t.queue
     )
-    SELECT (SELECT r.problem FROM refused r),
-           array_agg(i.i ORDER BY i.i), array_agg(ins.id ORDER BY i.i), array_agg(i.key ORDER BY i.i),
-           array_agg(DISTINCT ins.queue) FILTER (WHERE ins.queue IS NOT NULL)
-    INTO problem, items, ids, keys, queues
-    FROM input i
-    LEFT JOIN inserted ins ON ins.id = i.new_id;
+    -- The insert runs whether or not this reads it.
+    SELECT (SELECT r.problem FROM refused r), array_agg(i.new_id ORDER BY i.i), array_agg(DISTINCT i.queue),
+           bool_or(i.key IS NOT NULL)
+    INTO problem, ids, queues, keyed
+    FROM input i;
     IF problem IS NOT NULL THEN
         PERFORM pgjobs._refuse(problem[1], problem[2]);
     END IF;
-
+    IF keyed THEN
+        -- A key met an unfinished job where an id did not make it in (a new statement sees them).
+        ids := ARRAY(SELECT CASE WHEN EXISTS (SELECT FROM pgjobs.jobs_live t WHERE t.id = u.id) THEN u.id END
+                     FROM unnest(ids) WITH ORDINALITY AS u(id, n) ORDER BY u.n);
+    END IF;
     PERFORM pg_notify(pgjobs._channel(q), '') FROM unnest(queues) AS q;
     PERFORM pgjobs._announce_events(array_remove(ids, NULL), 'queued');
-
-    -- A new statement sees the jobs that hold the conflicting keys, this call's own included.
     RETURN QUERY
-    SELECT u.i, coalesce(u.id, (SELECT t.id FROM pgjobs.jobs_live t
-                                WHERE t.enqueued_by = session_user AND t.key = u.key
-                                  AND t.status IN ('waiting', 'queued', 'active', 'aborting')
-                                  AND t.expires_at IS NULL))
-    FROM unnest(items, ids, keys) AS u(i, id, key)
-    ORDER BY u.i;
+    SELECT (u.n - 1)::integer, coalesce(u.id, (SELECT t.id FROM pgjobs.jobs_live t
+                                              WHERE t.enqueued_by = session_user AND t.key = u.key
+                                                AND t.status IN ('waiting', 'queued', 'active', 'aborting')
+                                                AND t.expires_at IS NULL))
+    FROM unnest(ids, key) WITH ORDINALITY AS u(id, key, n);
+END;
+$$;
+
+-- Enqueue many jobs given as a JSON array of objects with enqueue's parameters (keys are looked up
+-- among the caller's own jobs); depends_on_items names earlier elements of the array.
+CREATE OR REPLACE FUNCTION pgjobs.enqueue_many(jobs jsonb)
+RETURNS TABLE (item integer, id bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    known text[] := ARRAY['task', 'args', 'queue', 'priority', 'scheduled_at', 'group_key', 'key', 'max_attempts',
+                          'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta', 'delay',
+                          'depends_on', 'depends_on_items'];
+    wrong text[];
+    a record;
+BEGIN
+    IF jsonb_typeof(jobs) IS DISTINCT FROM 'array' THEN
+        PERFORM pgjobs._refuse('jobs', 'must be a JSON array of job objects');
+    END IF;
+    IF jobs @? '$[*] ? (exists(@.depends_on) || exists(@.depends_on_items))' THEN
+        -- Dependencies: one job after the other, each able to name those before it.
+        RETURN QUERY SELECT d.item, d.id FROM pgjobs._enqueue_dag(jobs, known) AS d;
+        RETURN;
+    END IF;
+    SELECT CASE
+               WHEN jsonb_typeof(e.doc) <> 'object' THEN
+                   ARRAY[format('jobs[%s]', e.n - 1), format('must be a JSON object, got %s', jsonb_typeof(e.doc))]
+               ELSE ARRAY[format('jobs[%s].%s', e.n - 1, (SELECT k FROM jsonb_object_keys(e.doc - known) AS k LIMIT 1)),
+                          'is not an enqueue parameter']
+           END
+    INTO wrong
+    FROM jsonb_array_elements(jobs) WITH ORDINALITY AS e(doc, n)
+    WHERE jsonb_typeof(e.doc) <> 'object' OR e.doc - known <> '{}'
+    ORDER BY e.n LIMIT 1;
+    IF wrong IS NOT NULL THEN
+        PERFORM pgjobs._refuse(wrong[1], wrong[2]);
+    END IF;
+    SELECT array_agg(d.task ORDER BY e.n) AS task, array_agg(d.args ORDER BY e.n) AS args,
+           array_agg(d.queue ORDER BY e.n) AS queue, array_agg(d.priority ORDER BY e.n) AS priority,
+           array_agg(d.scheduled_at ORDER BY e.n) AS scheduled_at, array_agg(d.delay ORDER BY e.n) AS delay,
+           array_agg(d.group_key ORDER BY e.n) AS group_key, array_agg(d.key ORDER BY e.n) AS key,
+           array_agg(d.max_attempts ORDER BY e.n) AS max_attempts, array_agg(d.timeout ORDER BY e.n) AS timeout,
+           array_agg(d.heartbeat ORDER BY e.n) AS heartbeat, array_agg(d.retry_delay ORDER BY e.n) AS retry_delay,
+           array_agg(d.retry_backoff ORDER BY e.n) AS retry_backoff, array_agg(d.ttl ORDER BY e.n) AS ttl,
+           array_agg(d.meta ORDER BY e.n) AS meta
+    INTO a
+    FROM jsonb_array_elements(jobs) WITH ORDINALITY AS e(doc, n),
+         jsonb_to_record(e.doc) AS d(
+             task text, args jsonb, queue text, priority integer, scheduled_at timestamptz, group_key text,
+             key text, max_attempts integer, timeout double precision, heartbeat double precision,
+             retry_delay double precision, retry_backoff double precision, ttl integer, meta jsonb,
+             delay double precision);
+    RETURN QUERY SELECT m.item, m.id FROM pgjobs.enqueue_many(
+        task => a.task, args => a.args, queue => a.queue, priority => a.priority, scheduled_at => a.scheduled_at,
+        delay => a.delay, group_key => a.group_key, key => a.key, max_attempts => a.max_attempts,
+        timeout => a.timeout, heartbeat => a.heartbeat, retry_delay => a.retry_delay,
+        retry_backoff => a.retry_backoff, ttl => a.ttl, meta => a.meta) AS m;
 END;
 $$;
 

@@ -105,6 +105,25 @@ def test_enqueue_many(env_dsn: str, conn: Conn) -> None:
     assert pgjobs.enqueue_many([]) == []
 
 
+def test_enqueue_many_keeps_each_jobs_own_options(env_dsn: str, conn: Conn) -> None:
+    at = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    ids = pgjobs.enqueue_many(
+        [
+            pgjobs.job("a", 1, 2, scheduled=at, meta={"m": 1}, retry_backoff=True, group_key="g"),
+            pgjobs.job("b", x="y", delay=3600, retries=0, ttl=-1, key="k", timeout=2.5),
+            pgjobs.job("c"),
+        ]
+    )
+    rows = {r["id"]: r for r in conn.execute("SELECT *, scheduled_at - enqueued_at AS ahead FROM pgjobs.jobs")}
+    a, b, c = (rows[i] for i in ids)
+    assert (a["task"], a["args"], a["scheduled_at"], a["meta"], a["group_key"]) == ("a", [1, 2], at, {"m": 1}, "g")
+    assert a["retry_backoff"] == math.inf and b["retry_backoff"] == c["retry_backoff"] == 3600
+    assert (b["args"], b["max_attempts"], b["ttl"], b["key"], b["timeout"]) == ({"x": "y"}, 1, -1, "k", 2.5)
+    assert dt.timedelta(minutes=59) < b["ahead"] <= dt.timedelta(hours=1)
+    assert (c["args"], c["meta"], c["max_attempts"], c["key"], c["group_key"]) == ({}, {}, 3, None, None)
+    assert pgjobs.enqueue_many([pgjobs.job("b", key="k")]) == [ids[1]]
+
+
 def test_async_twins(dsn: str, env_dsn: str) -> None:
     async def main() -> None:
         job = await pgjobs.enqueue_async("t", x=1)

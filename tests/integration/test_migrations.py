@@ -177,10 +177,10 @@ def fresh_db_migrated(fresh_db: Callable[[], str]) -> str:
 
 def test_each_function_is_defined_in_exactly_one_schema_file(empty_dsn: str) -> None:
     pgjobs.migrate(empty_dsn)
-    defined: dict[str, list[str]] = {}
+    defined: dict[str, set[str]] = {}  # overloads of a name live side by side in one file
     for name, text in migrations.schema_files():
         for fn in re.findall(r"^CREATE OR REPLACE FUNCTION pgjobs\.(\w+)\(", text, re.MULTILINE):
-            defined.setdefault(fn, []).append(name)
+            defined.setdefault(fn, set()).add(name)
         assert not re.search(r"^CREATE FUNCTION", text, re.MULTILINE), name
     assert {fn: files for fn, files in defined.items() if len(files) > 1} == {}
     with psycopg.connect(empty_dsn) as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
 from typing import Any
@@ -127,6 +128,38 @@ def test_enqueue_many_returns_ids_in_input_order_and_deduplicates_keys(conn: Con
     assert job(conn, ids[0])["args"] == [1] and job(conn, ids[0])["priority"] == 3
     assert job(conn, ids[1])["queue"] == "q2"
     assert one(conn, "SELECT count(*) FROM pgjobs.jobs") == 3
+
+
+def test_enqueue_many_from_arrays_spreads_single_values_and_deduplicates_keys(conn: Conn) -> None:
+    existing = one(conn, "SELECT pgjobs.enqueue('t', key => 'k1')")
+    rows = conn.execute(
+        """SELECT * FROM pgjobs.enqueue_many(
+               task => ARRAY['a'], args => ARRAY['[1]', '{"x": 2}', '{}', '{}']::jsonb[],
+               queue => ARRAY['q1', NULL, 'q2', 'q2'], priority => ARRAY[5],
+               key => ARRAY[NULL, 'k2', 'k2', 'k1'], delay => '{}')"""
+    ).fetchall()
+    assert [r["item"] for r in rows] == [0, 1, 2, 3]
+    ids = [r["id"] for r in rows]
+    assert ids[1] == ids[2] and ids[3] == existing and len({ids[0], ids[1], existing}) == 3
+    first, second = job(conn, ids[0]), job(conn, ids[1])
+    assert (first["task"], first["args"], first["queue"], first["priority"]) == ("a", [1], "q1", 5)
+    assert (second["args"], second["queue"], second["priority"], second["key"]) == ({"x": 2}, "default", 5, "k2")
+    assert one(conn, "SELECT count(*) FROM pgjobs.jobs") == 3
+    assert conn.execute("SELECT * FROM pgjobs.enqueue_many(task => '{}', args => '{}')").fetchall() == []
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("SELECT pgjobs.enqueue_many(ARRAY['a', 'b', 'c'], ARRAY['{}', '{}']::jsonb[])", "args: must hold one"),
+        ("SELECT pgjobs.enqueue_many(ARRAY['a', 'b c'], ARRAY['{}']::jsonb[])", "jobs[1].task"),
+        ("SELECT pgjobs.enqueue_many(ARRAY['a'], ARRAY['{}', '{}']::jsonb[], ttl => ARRAY[1, -9])", "jobs[1].ttl"),
+    ],
+)
+def test_enqueue_many_from_arrays_refuses_bad_input_and_adds_nothing(conn: Conn, call: str, message: str) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=rf"pgjobs: {re.escape(message)}"):
+        conn.execute(call)
+    assert one(conn, "SELECT count(*) FROM pgjobs.jobs") == 0
 
 
 def test_enqueue_many_takes_thousands_in_one_call(conn: Conn) -> None:
