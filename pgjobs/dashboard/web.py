@@ -181,7 +181,8 @@ class Dashboard:
         jobs = jobs[:limit]
         return self.page(
             request, "jobs.html", jobs=jobs, where=where, before=before, statuses=STATUSES,
-            next_before=jobs[-1]["id"] if more else None, queue_names=[q["queue"] for q in queues], limit=limit,
+            next_before=jobs[-1]["id"] if more else None, queue_names=[q["queue"] for q in queues],
+            limit=None if limit == _LIMIT else limit,
         )  # fmt: skip
 
     async def job(self, request: Request) -> Response:
