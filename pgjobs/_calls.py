@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from . import _database, migrations
@@ -34,7 +35,9 @@ class Call(Generic[T]):
 
     query: sql.SQL | sql.Composed
     params: Mapping[str, Any]
-    parse: Callable[[list[_database.Row]], T]
+    parse: Callable[[list[Any]], T]
+    #: Rows as tuples rather than dicts, where parse reads them by position.
+    tuples: bool = False
 
 
 _lock = threading.Lock()
@@ -94,14 +97,16 @@ async def close_async() -> None:
 
 
 def run(call: Call[T], conn: Connection | None) -> T:
+    rows = tuple_row if call.tuples else dict_row
     if conn is not None:
-        return call.parse(_database.fetch(conn, call.query, call.params))
+        return call.parse(_database.fetch(conn, call.query, call.params, row_factory=rows))
     with _default_pool().connection() as c:
-        return call.parse(_database.fetch(c, call.query, call.params))
+        return call.parse(_database.fetch(c, call.query, call.params, row_factory=rows))
 
 
 async def run_async(call: Call[T], conn: AsyncConnection | None) -> T:
+    rows = tuple_row if call.tuples else dict_row
     if conn is not None:
-        return call.parse(await _database.fetch_async(conn, call.query, call.params))
+        return call.parse(await _database.fetch_async(conn, call.query, call.params, row_factory=rows))
     async with (await _default_async_pool()).connection() as c:
-        return call.parse(await _database.fetch_async(c, call.query, call.params))
+        return call.parse(await _database.fetch_async(c, call.query, call.params, row_factory=rows))

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
-from psycopg.rows import AsyncRowFactory, dict_row
+from psycopg.rows import AsyncRowFactory, RowFactory, dict_row
 
 from . import embedded
 from .errors import ConfigurationError, DatabaseUnavailable
@@ -139,9 +139,15 @@ async def connect_async(dsn: str, *, autocommit: bool = True, name: str = "pgjob
         raise _connect_error(dsn, exc) from None
 
 
-def fetch(conn: psycopg.Connection[Any], query: sql.SQL | sql.Composed, params: Any = None) -> list[Row]:
+def fetch(
+    conn: psycopg.Connection[Any],
+    query: sql.SQL | sql.Composed,
+    params: Any = None,
+    *,
+    row_factory: RowFactory[Any] = dict_row,
+) -> list[Any]:
     """Run one query and return its rows as dicts (the caller's transaction, if any, is kept)."""
-    with conn.cursor(row_factory=dict_row) as cur:
+    with conn.cursor(row_factory=row_factory) as cur:
         cur.execute(query, params)
         return cur.fetchall() if cur.rownumber is not None else []  # description would build Column objects
 

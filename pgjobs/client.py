@@ -11,7 +11,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from psycopg.types.json import Jsonb
@@ -21,7 +21,7 @@ from ._calls import AsyncConnection, Call, Connection, run, run_async
 from ._calls import close as close
 from ._calls import close_async as close_async
 from .errors import ArgumentError
-from .job import Job, JobStatus, check_arguments, to_json
+from .job import Job, JobStatus, as_jsonb, encode_arguments, to_json
 from .job import get_job as get_job
 from .job import get_job_async as get_job_async
 from .job import wait as wait
@@ -69,6 +69,8 @@ class JobRequest:
     task: str
     args: list[Any] | dict[str, Any]
     options: Mapping[str, Any]
+    #: The arguments as JSON text, encoded once by job().
+    encoded: str = field(repr=False, compare=False)
 
     def params(self) -> dict[str, Any]:
         """Parameters of the ``job_enqueue`` query."""
@@ -78,7 +80,7 @@ class JobRequest:
             raise ArgumentError("depends_on names a job not enqueued yet: enqueue both in one enqueue_many()")
         return {
             "task": self.task,
-            "args": to_json(self.args, f"the arguments of task {self.task!r}"),
+            "args": as_jsonb(self.encoded),
             "meta": to_json(o["meta"], "meta") if o.get("meta") is not None else None,
             "depends_on": list(parents) if parents else None,
             **{k: o.get(k) for k in _COLUMNS},
@@ -161,7 +163,7 @@ def job(
         args = list(args)
     else:
         raise ArgumentError(f"args must be a list or a dict, got {type(args).__name__}")
-    check_arguments(name, args)
+    encoded = encode_arguments(name, args)
 
     scheduled_at = o.get("scheduled")
     if scheduled_at is not None:
@@ -213,18 +215,14 @@ def job(
         "ttl": _int("ttl", ttl_),
         "meta": dict(m) if m is not None else None,
     }
-    return JobRequest(task=name, args=args, options=options)
+    return JobRequest(task=name, args=args, options=options, encoded=encoded)
 
 
 # ------------------------------------------------------------------------------------------------
 # The calls
 # ------------------------------------------------------------------------------------------------
-def _one_job(rows: list[_database.Row]) -> Job:
-    return Job.from_row(rows[0])
-
-
 def _enqueue_call(request: JobRequest) -> Call[Job]:
-    return Call(_sql.query("job_enqueue"), request.params(), _one_job)
+    return Call(_sql.query("job_enqueue"), request.params(), lambda rows: Job._stored(rows[0]), tuples=True)
 
 
 def _ids(rows: list[_database.Row]) -> list[int]:
@@ -249,7 +247,7 @@ def _enqueue_many_call(requests: Iterable[JobRequest]) -> Call[list[int]]:
     # Arrays, the arguments as one JSON document: one encoding here and one parse there.
     params: dict[str, Any] = {k: _column([r.options.get(k) for r in requests]) for k in _COLUMNS}
     params["task"] = _column([r.task for r in requests])
-    params["args"] = to_json([r.args for r in requests], "the arguments")
+    params["args"] = as_jsonb(f"[{','.join([r.encoded for r in requests])}]")
     metas = [r.options.get("meta") for r in requests]
     params["meta"] = None if all(m is None for m in metas) else to_json([m or {} for m in metas], "meta")
     return Call(_sql.query("job_enqueue_arrays"), params, _ids)

@@ -43,16 +43,26 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=False, separators=(",", ":"))
 
 
-def to_json(value: Any, what: str) -> Jsonb:
-    """Wrap a value for a jsonb parameter, refusing what JSON or PostgreSQL cannot carry (NaN,
-    infinities, NUL characters, non-JSON types); ``what`` names it in the error."""
+def json_text(value: Any, what: str) -> str:
+    """A value as JSON text, refusing what JSON or PostgreSQL cannot carry (NaN, infinities, NUL
+    characters, non-JSON types); ``what`` names it in the error."""
     try:
         text = _dumps(value)
     except (TypeError, ValueError) as exc:
         raise ArgumentError(f"{what} cannot be stored as JSON: {exc}") from None
     if "\\u0000" in text.replace("\\\\", ""):
         raise ArgumentError(f"{what} contains a NUL character (\\u0000), which PostgreSQL cannot store")
-    return Jsonb(text, dumps=_as_is)  # encoded once, here
+    return text
+
+
+def to_json(value: Any, what: str) -> Jsonb:
+    """Wrap a value for a jsonb parameter (see json_text)."""
+    return as_jsonb(json_text(value, what))
+
+
+def as_jsonb(text: str) -> Jsonb:
+    """JSON text already encoded, as a jsonb parameter."""
+    return Jsonb(text, dumps=_as_is)
 
 
 def _as_is(text: str) -> str:
@@ -79,7 +89,16 @@ def check_arguments(task: str, args: Sequence[Any] | Mapping[str, Any]) -> None:
     else:
         items = [(f"positional argument {i}", v) for i, v in enumerate(args)]
     for label, value in items:
-        to_json(value, f"{label} of task {task!r}")
+        json_text(value, f"{label} of task {task!r}")
+
+
+def encode_arguments(task: str, args: Sequence[Any] | Mapping[str, Any]) -> str:
+    """A task's arguments as JSON text, encoded once; an ArgumentError names the argument at fault."""
+    try:
+        return json_text(args, f"the arguments of task {task!r}")
+    except ArgumentError:
+        check_arguments(task, args)  # the same error, naming the argument
+        raise
 
 
 @dataclass
@@ -126,6 +145,13 @@ class Job:
         values = {k: v for k, v in row.items() if k in _COLUMNS}
         values["status"] = JobStatus(values.get("status", "queued"))
         return cls(**values)
+
+    @classmethod
+    def _stored(cls, row: Sequence[Any]) -> Job:
+        """Build a Job from a row holding every column of a job in the order of Job's fields."""
+        job = cls(*row)
+        job.status = JobStatus(job.status)
+        return job
 
     @classmethod
     def _claimed(cls, row: Sequence[Any], worker_id: str) -> Job:

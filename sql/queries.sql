@@ -2,8 +2,12 @@
 -- Values are always parameters; identifiers (channel names) are filled in with psycopg.sql.
 
 -- name: job_enqueue
--- Enqueue one job (delay in seconds is added to the database clock) and return its row.
-SELECT * FROM pgjobs.enqueue_job(
+-- Enqueue one job (delay in seconds is added to the database clock) and return its row, its
+-- columns in the order of pgjobs.Job's fields.
+SELECT j.task, j.args, j.id, j.queue, j.status, j.priority, j.group_key, j.key, j.attempts, j.max_attempts,
+       j.scheduled_at, j.timeout, j.heartbeat, j.retry_delay, j.retry_backoff, j.ttl, j.progress, j.meta, j.result,
+       j.error, j.worker_id, j.enqueued_at, j.started_at, j.touched_at, j.completed_at, j.abort_reason, j.depends_on
+FROM pgjobs.enqueue_job(
     task => %(task)s::text,
     args => %(args)s::jsonb,
     queue => %(queue)s::text,
@@ -19,7 +23,7 @@ SELECT * FROM pgjobs.enqueue_job(
     ttl => %(ttl)s::integer,
     meta => %(meta)s::jsonb,
     depends_on => %(depends_on)s::bigint[]
-);
+) AS j;
 
 -- name: job_enqueue_many
 -- Enqueue a JSON array of jobs; one id per element, in input order.

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 import pgjobs
-from pgjobs import ArgumentError, JobStatus
+from pgjobs import ArgumentError, Job, JobStatus
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -103,6 +103,17 @@ def test_enqueue_many(env_dsn: str, conn: Conn) -> None:
     row = conn.execute("SELECT queue, max_attempts FROM pgjobs.jobs WHERE id = %s", [ids[-1]]).fetchone()
     assert row == {"queue": "mail", "max_attempts": 5}
     assert pgjobs.enqueue_many([]) == []
+
+
+def test_enqueue_reads_the_job_as_stored_column_for_field(env_dsn: str, conn: Conn) -> None:
+    from dataclasses import fields
+
+    from pgjobs import _sql
+
+    job = pgjobs.enqueue("t", 1, meta={"m": 1}, retry_backoff=True, delay=60)
+    assert job == pgjobs.get_job(job.id) and job.status is JobStatus.QUEUED and job.meta == {"m": 1}
+    cur = conn.execute(_sql.query("job_enqueue"), pgjobs.job("t").params())
+    assert [c.name for c in cur.description or []] == [f.name for f in fields(Job) if not f.name.startswith("_")]
 
 
 def test_enqueue_many_keeps_each_jobs_own_options(env_dsn: str, conn: Conn) -> None:
