@@ -156,9 +156,8 @@ class Dashboard:
 
     # -- pages ------------------------------------------------------------------------------------
     async def overview(self, request: Request) -> Response:
-        queues, (last_minute, series), workers, schedules = await asyncio.gather(
-            self.store.queues(), self.store.finished_per_minute(60), self.store.worker_counts(),
-            self.store.schedules(),
+        queues, (last_minute, series, chart_error), workers, schedules = await asyncio.gather(
+            self.store.queues(), self._series(), self.store.worker_counts(), self.store.schedules(),
         )  # fmt: skip
         by_queue = chart.per_queue(series)
         known = {q["queue"] for q in queues}
@@ -169,8 +168,17 @@ class Dashboard:
         upcoming = [s for s in schedules if s["enabled"]][:5]
         return self.page(
             request, "overview.html", queues=rows, charts=charts, total=chart.minutes_chart(series, last_minute),
-            workers=workers, upcoming=upcoming, schedules=len(schedules),
+            workers=workers, upcoming=upcoming, schedules=len(schedules), chart_error=chart_error,
         )  # fmt: skip
+
+    async def _series(self) -> tuple[dt.datetime, list[Row], str | None]:
+        """The chart's last hour, or none and why when its query ran out of time."""
+        try:
+            last_minute, series = await self.store.finished_per_minute(60)
+        except psycopg.errors.QueryCanceled:
+            now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+            return now, [], "The chart's query ran out of time (a large history): chart skipped."
+        return last_minute, series, None
 
     async def jobs(self, request: Request) -> Response:
         where = JobFilter.from_params(request.query_params)
