@@ -160,15 +160,15 @@ BEGIN
 END;
 $$;
 
--- Whether the session's role may act on a job that owner enqueued: its own, or it is a worker or
--- not a client at all. session_user, not current_user: public functions run as their owner.
+-- Whether the session's role may act on a job that owner enqueued: its own, or it is a worker, an
+-- admin or not a client at all. session_user, not current_user: public functions run as their owner.
 CREATE OR REPLACE FUNCTION pgjobs._may_act(owner text) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT owner = session_user
         OR NOT EXISTS (SELECT FROM pg_roles r
                        WHERE r.rolname = 'pgjobs_client' AND pg_has_role(session_user, r.oid, 'MEMBER'))
         OR EXISTS (SELECT FROM pg_roles r
-                   WHERE r.rolname = 'pgjobs_worker' AND pg_has_role(session_user, r.oid, 'MEMBER'))
+                   WHERE r.rolname IN ('pgjobs_worker', 'pgjobs_admin') AND pg_has_role(session_user, r.oid, 'MEMBER'))
 $$;
 
 -- Seconds to wait before the next attempt, as SAQ defines it: a fixed delay, or with a backoff

@@ -284,3 +284,32 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- Run a schedule now, once, besides its ticks: one job, as a tick at now() would enqueue; its
+-- next run stays as it was. Returns the job's id; raises P0002 (no_data_found) for an unknown
+-- schedule. Paused schedules run too: pausing stops the ticks, not an operator.
+CREATE OR REPLACE FUNCTION pgjobs.schedule_run_now(name text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    s pgjobs.schedules;
+    new_id bigint;
+BEGIN
+    SELECT * INTO s FROM pgjobs.schedules x WHERE x.name = schedule_run_now.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pgjobs: schedule: no schedule %', quote_literal(schedule_run_now.name)
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    INSERT INTO pgjobs.schedule_runs (schedule, tick, job_id) VALUES (s.name, now(), 0) ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN  -- run now once already in this transaction
+        SELECT r.job_id INTO new_id FROM pgjobs.schedule_runs r WHERE r.schedule = s.name AND r.tick = now();
+        RETURN new_id;
+    END IF;
+    new_id := pgjobs._schedule_job(s, now());
+    UPDATE pgjobs.schedule_runs r SET job_id = new_id WHERE r.schedule = s.name AND r.tick = now();
+    UPDATE pgjobs.schedules x
+    SET last_run_at = greatest(x.last_run_at, now()), trigger_count = x.trigger_count + 1
+    WHERE x.name = s.name;
+    RETURN new_id;
+END;
+$$;

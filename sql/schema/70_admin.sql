@@ -1,4 +1,4 @@
--- Admin: what an operator does to jobs by hand (retry, delete), one job or many at once.
+-- Admin: what an operator does to jobs by hand (retry, cancel, delete), one job or many at once.
 
 -- Put these failed or aborted jobs back in their queues now, with one more attempt for those that
 -- had used them all, and wake the queues; returns how many. (A job whose key an unfinished job
@@ -42,23 +42,99 @@ EXCEPTION WHEN unique_violation THEN
 END;
 $$;
 
--- Retry every failed job of a queue and/or task (NULL: any); returns how many. Jobs whose key an
--- unfinished job holds now are left failed.
-CREATE OR REPLACE FUNCTION pgjobs.retry_failed(queue text DEFAULT NULL, task text DEFAULT NULL)
-RETURNS integer
-LANGUAGE sql AS $$
-    SELECT pgjobs._requeue(ARRAY(
-        SELECT j.id FROM pgjobs.jobs j
-        WHERE j.status = 'failed'
-          AND (retry_failed.queue IS NULL OR j.queue = retry_failed.queue)
-          AND (retry_failed.task IS NULL OR j.task = retry_failed.task)
+-- Whether job j matches a filter (NULL: any): queue, status, task, group_key and key exactly, and
+-- error holding the text `error` (case-insensitive, no wildcards). Only jobs the session may act on
+-- (a client's own, see _may_act) ever match.
+CREATE OR REPLACE FUNCTION pgjobs._job_matches(
+    j pgjobs.jobs, queue text, status pgjobs.job_status, task text, group_key text, key text, error text
+) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT (queue IS NULL OR j.queue = queue)
+       AND (status IS NULL OR j.status = status)
+       AND (task IS NULL OR j.task = task)
+       AND (group_key IS NULL OR j.group_key = group_key)
+       AND (key IS NULL OR j.key = key)
+       AND (error IS NULL OR strpos(lower(j.error), lower(error)) > 0)
+       AND pgjobs._may_act(j.enqueued_by)
+$$;
+
+-- Put every failed or aborted job that matches a filter back in its queue (see _requeue), or with
+-- dry_run only count them; returns how many. A status other than failed or aborted matches none.
+-- Jobs whose key an unfinished job holds are left as they are; of several with one key, the
+-- newest is retried.
+CREATE OR REPLACE FUNCTION pgjobs.retry_matching(
+    queue text DEFAULT NULL,
+    status pgjobs.job_status DEFAULT NULL,
+    task text DEFAULT NULL,
+    group_key text DEFAULT NULL,
+    key text DEFAULT NULL,
+    error text DEFAULT NULL,
+    dry_run boolean DEFAULT false
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    ids bigint[];
+BEGIN
+    ids := ARRAY(
+        SELECT DISTINCT ON (j.enqueued_by, j.key, CASE WHEN j.key IS NULL THEN j.id END) j.id
+        FROM pgjobs.jobs j
+        WHERE j.status IN ('failed', 'aborted')
+          AND pgjobs._job_matches(j, queue, status, task, group_key, key, error)
           AND (j.key IS NULL OR NOT EXISTS (SELECT FROM pgjobs.jobs_live u
                                             WHERE u.enqueued_by = j.enqueued_by AND u.key = j.key
                                               AND u.status IN ('waiting', 'queued', 'active', 'aborting')))
-          -- of two failed jobs with one key, the newest
-          AND (j.key IS NULL OR NOT EXISTS (SELECT FROM pgjobs.jobs f
-                                            WHERE f.enqueued_by = j.enqueued_by AND f.key = j.key
-                                              AND f.status = 'failed' AND f.id > j.id))))
+        ORDER BY j.enqueued_by, j.key, CASE WHEN j.key IS NULL THEN j.id END, j.id DESC);
+    IF coalesce(dry_run, false) THEN
+        RETURN cardinality(ids);
+    END IF;
+    RETURN pgjobs._requeue(ids);
+END;
+$$;
+
+-- Retry every failed job of a queue and/or task (NULL: any); returns how many (see retry_matching).
+CREATE OR REPLACE FUNCTION pgjobs.retry_failed(queue text DEFAULT NULL, task text DEFAULT NULL)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN pgjobs.retry_matching(queue => queue, status => 'failed', task => task);
+END;
+$$;
+
+-- Cancel every waiting, queued or active job that matches a filter (each as pgjobs.cancel does:
+-- waiting and queued ones end aborted, active ones are told to stop), or with dry_run only count
+-- them; returns how many. Jobs being cancelled already (aborting) are not counted again.
+CREATE OR REPLACE FUNCTION pgjobs.cancel_matching(
+    queue text DEFAULT NULL,
+    status pgjobs.job_status DEFAULT NULL,
+    task text DEFAULT NULL,
+    group_key text DEFAULT NULL,
+    key text DEFAULT NULL,
+    error text DEFAULT NULL,
+    dry_run boolean DEFAULT false
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    ids bigint[];
+    job_id bigint;
+    n integer := 0;
+BEGIN
+    ids := ARRAY(
+        SELECT j.id FROM pgjobs.jobs j
+        WHERE j.status IN ('waiting', 'queued', 'active') AND j.expires_at IS NULL
+          AND pgjobs._job_matches(j, queue, status, task, group_key, key, error)
+        ORDER BY j.id);
+    IF coalesce(dry_run, false) THEN
+        RETURN cardinality(ids);
+    END IF;
+    FOREACH job_id IN ARRAY ids LOOP
+        IF pgjobs.cancel(job_id) IN ('aborted', 'aborting') THEN
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END;
 $$;
 
 -- Delete a job that is not running; returns whether one was deleted. A running job must be

@@ -2,15 +2,20 @@
 -- files are applied; row security on jobs.
 
 -- Pin every function's search_path (helpers inherit their caller's and are inlined), make the
--- API SECURITY DEFINER, and grant it: all to pgjobs_worker, enqueue/cancel/listen to pgjobs_client.
+-- API SECURITY DEFINER, and grant it: all to pgjobs_admin, all but the operator's verbs to
+-- pgjobs_worker, enqueue/cancel/listen to pgjobs_client.
 CREATE OR REPLACE FUNCTION pgjobs.harden() RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     f record;
     client_functions text[] := ARRAY['enqueue', 'enqueue_job', 'enqueue_many', 'cancel', 'queue_channel',
                                      'max_payload', 'worker_is_alive', 'listen', 'unlisten', 'has_job'];
+    -- What an operator does by hand: changes to jobs and queues that no worker needs to make.
+    admin_functions text[] := ARRAY['retry', 'retry_failed', 'retry_matching', 'cancel_matching', 'delete_job',
+                                    'set_queue', 'schedule_run_now'];
     have_roles boolean := EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgjobs_client')
                           AND EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgjobs_worker');
+    have_admin boolean := EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgjobs_admin');
 BEGIN
     REVOKE ALL ON ALL FUNCTIONS IN SCHEMA pgjobs FROM PUBLIC;
     REVOKE ALL ON ALL TABLES IN SCHEMA pgjobs FROM PUBLIC;
@@ -32,8 +37,15 @@ BEGIN
         END IF;
         IF f.name NOT LIKE '\_%' AND f.name <> 'harden' THEN
             EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER', f.sig);
+            IF have_admin THEN
+                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO pgjobs_admin', f.sig);
+            END IF;
             IF have_roles THEN
-                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO pgjobs_worker', f.sig);
+                IF f.name = ANY (admin_functions) THEN
+                    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM pgjobs_worker', f.sig);
+                ELSE
+                    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO pgjobs_worker', f.sig);
+                END IF;
                 IF f.name = ANY (client_functions) THEN
                     EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO pgjobs_client', f.sig);
                 END IF;
@@ -45,11 +57,16 @@ BEGIN
         GRANT SELECT ON ALL TABLES IN SCHEMA pgjobs TO pgjobs_worker;
         GRANT SELECT ON pgjobs.jobs, pgjobs.migrations TO pgjobs_client;
     END IF;
+    IF have_admin THEN
+        GRANT USAGE ON SCHEMA pgjobs TO pgjobs_admin;
+        GRANT SELECT ON ALL TABLES IN SCHEMA pgjobs TO pgjobs_admin;
+    END IF;
 END;
 $$;
 
--- Owners and superusers are not bound by this; workers read every job, clients their own.
+-- Owners and superusers are not bound by this; workers and admins read every job, clients their own.
 DROP POLICY IF EXISTS jobs_read ON pgjobs.jobs;
 CREATE POLICY jobs_read ON pgjobs.jobs FOR SELECT
     USING (enqueued_by = session_user
-           OR EXISTS (SELECT FROM pg_roles r WHERE r.rolname = 'pgjobs_worker' AND pg_has_role(r.oid, 'MEMBER')));
+           OR EXISTS (SELECT FROM pg_roles r WHERE r.rolname IN ('pgjobs_worker', 'pgjobs_admin')
+                                               AND pg_has_role(r.oid, 'MEMBER')));

@@ -364,15 +364,21 @@ def test_metrics_serve_the_database_gauges(conn: Conn, dashboard: Callable[..., 
     assert 'pgjobs_workers{status="running"} 1.0' in text
 
 
-def test_the_dashboard_works_as_a_member_of_pgjobs_worker(
+def test_the_dashboard_acts_as_a_member_of_pgjobs_admin_and_shows_as_one_of_pgjobs_worker(
     dsn: str, conn: Conn, login: Callable[[str], Conn], dashboard: Callable[..., Client]
 ) -> None:
-    role = login("pgjobs_worker").info.user
     job = failed(conn)
-    d = dashboard(make_conninfo(dsn, user=role))
-    for url in ("/", "/jobs", f"/jobs/{job}", "/workers", "/schedules", "/api/series", "/metrics"):
-        assert d.get(url).status_code == 200, url
-    d.act(f"/jobs/{job}/retry")
+    pages = ("/", "/jobs", f"/jobs/{job}", "/workers", "/schedules", "/api/series", "/metrics")
+    viewer = dashboard(make_conninfo(dsn, user=login("pgjobs_worker").info.user))
+    for url in pages:
+        assert viewer.get(url).status_code == 200, url
+    assert "permission denied" in viewer.act(f"/jobs/{job}/retry").text
+    assert status(conn, job) == "failed"
+
+    admin = dashboard(make_conninfo(dsn, user=login("pgjobs_admin").info.user))
+    for url in pages:
+        assert admin.get(url).status_code == 200, url
+    admin.act(f"/jobs/{job}/retry")
     assert status(conn, job) == "queued"
-    d.act("/queues/default/pause")
+    admin.act("/queues/default/pause")
     assert one(conn, "SELECT paused FROM pgjobs.queues WHERE queue = 'default'") is True

@@ -161,8 +161,15 @@ def test_the_latest_migration_rolls_back_to_the_tables_before_it(empty_dsn: str,
     before = fresh_db()
     pgjobs.migrate(before, target=latest - 1)
 
-    def tables(dsn: str) -> list[tuple[str, str]]:  # functions stay the newer release's after a rollback
-        return [o for o in schema_objects(dsn) if o[0] not in ("function", "trigger")]
+    def tables(dsn: str) -> list[tuple[str, str]]:  # sql/schema's objects stay the newer release's after a rollback
+        objects = schema_objects(dsn)
+        views = {o[1].split()[1] for o in objects if o[0] == "relation" and o[1].startswith("v ")}
+        return [
+            o for o in objects
+            if o[0] not in ("function", "trigger")
+            and not (o[0] == "relation" and o[1].startswith("v "))
+            and not (o[0] == "column" and o[1].split(".")[0] in views)
+        ]  # fmt: skip
 
     assert tables(empty_dsn) == tables(before)
     assert pgjobs.migrate(empty_dsn) == [latest]

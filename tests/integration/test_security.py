@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -179,3 +180,17 @@ def test_refusals_carry_their_documented_sqlstate(conn: Conn) -> None:
         with pytest.raises(psycopg.Error) as err:
             conn.execute(query)
         assert err.value.sqlstate == state, (query, err.value)
+
+
+def test_operator_verbs_belong_to_pgjobs_admin_not_to_workers(conn: Conn, login: Callable[[str], Conn]) -> None:
+    job_id = conn.execute("SELECT pgjobs.enqueue('t') AS id").fetchone()["id"]
+    conn.execute("SELECT pgjobs.cancel(%s)", [job_id])
+    worker, admin = login("pgjobs_worker"), login("pgjobs_admin")
+    for call in ("SELECT pgjobs.retry(%s)", "SELECT pgjobs.delete_job(%s)"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            worker.execute(call, [job_id])
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        worker.execute("SELECT pgjobs.set_queue('q', paused => true)")
+    assert worker.execute("SELECT count(*) AS n FROM pgjobs.job_list()").fetchone()["n"] == 1  # reads stay
+    assert admin.execute("SELECT pgjobs.retry(%s) AS s", [job_id]).fetchone()["s"] == "queued"
+    assert admin.execute("SELECT pgjobs.delete_job(%s) AS d", [job_id]).fetchone()["d"] is True
