@@ -152,10 +152,49 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """How far a long command is: a bar redrawn in place when stdout is a terminal, else a plain
+    line on stderr at each tenth."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stdout.isatty()
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 0:
+            return
+        if self.tty:
+            filled = self.WIDTH * done // total
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            end = "\n" if done >= total else ""
+            print(f"\r{self.label} [{bar}] {done}/{total} ({100 * done // total}%)", end=end, flush=True)
+        elif (tenth := 10 * done // total) > self.shown:
+            self.shown = tenth
+            print(f"{self.label}: {done}/{total}", file=sys.stderr, flush=True)
+
+
 def _retry(args: argparse.Namespace) -> int:
     with _connection(args) as conn:
         if args.failed:
-            print(f"{client.retry_failed(args.queue, args.task, conn=conn)} job(s) queued again")
+            # In steps of a few hundred, each its own transaction, so that progress shows.
+            def step(dry_run: bool) -> int:
+                params = {
+                    "queue": args.queue,
+                    "task": args.task,
+                    "dry_run": dry_run,
+                    "max_jobs": None if dry_run else 500,
+                }
+                return int(_database.fetch(conn, _sql.query("job_retry_failed_step"), params)[0]["n"])
+
+            total, done = step(True), 0
+            progress = _Progress("retry")
+            while done < total and (n := step(False)):
+                done += n
+                progress(min(done, total), total)
+            print(f"{done} job(s) queued again")
             return 0
         if args.job_id is None:
             raise PgjobsError("retry needs a job ID or --failed")
@@ -222,6 +261,10 @@ def _workers(args: argparse.Namespace) -> int:
     with _connection(args) as conn:
         rows = _database.fetch(conn, _sql.query("worker_list"))
     for r in rows:
+        if args.json:
+            if args.all or r["status"] in ("running", "stopping"):
+                print(json.dumps(r, default=str))
+            continue
         if args.all or r["status"] in ("running", "stopping"):
             state = r["status"] if r["alive"] or r["status"] in ("stopped", "dead") else f"{r['status']} (silent)"
             if r["leader"]:
@@ -260,6 +303,9 @@ def _schedules(args: argparse.Namespace) -> int:
     with _connection(args) as conn:
         if args.action == "list":
             for r in _database.fetch(conn, _sql.query("schedule_list")):
+                if args.json:
+                    print(json.dumps(r, default=str))
+                    continue
                 when = f"cron '{r['cron']}' {r['timezone']}" if r["cron"] else f"every {r['every']:g} s"
                 state = "enabled" if r["enabled"] else "paused"
                 print(
@@ -349,9 +395,7 @@ def _parse_time(text: str) -> dt.datetime:
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    def progress(done: int, total: int) -> None:
-        print(f"backfill {args.name}: {done}/{total} ticks", file=sys.stderr, flush=True)
-
+    progress = _Progress(f"backfill {args.name}")
     summary = schedules.backfill(
         args.name, _parse_time(args.start), _parse_time(args.end), backwards=args.backwards,
         rerun_failed=args.rerun_failed, dry_run=args.dry_run, wait=args.wait, dsn=args.dsn, progress=progress,
@@ -461,6 +505,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = command("workers", "list workers, newest first")
     c.add_argument("--all", action="store_true", help="include stopped and dead workers")
+    c.add_argument("--json", action="store_true", help="one JSON object per line")
     c.set_defaults(func=_workers)
 
     c = command("worker-stop", "ask a worker to stop gracefully, wherever it runs")
@@ -542,6 +587,7 @@ def _parser() -> argparse.ArgumentParser:
     c = command("schedules", "list, pause, resume or remove schedules")
     c.add_argument("action", nargs="?", default="list", choices=["list", "pause", "resume", "remove"])
     c.add_argument("name", nargs="?")
+    c.add_argument("--json", action="store_true", help="list: one JSON object per line")
     c.set_defaults(func=_schedules)
 
     c = command("backfill", "enqueue one job per tick of a schedule over a time range")

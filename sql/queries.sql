@@ -280,6 +280,11 @@ SELECT pgjobs.retry(%(id)s) AS status;
 -- Retry every failed job of a queue and/or task (NULL: any); how many.
 SELECT pgjobs.retry_failed(%(queue)s, %(task)s) AS n;
 
+-- name: job_retry_failed_step
+-- Retry at most max_jobs failed jobs of a queue and/or task, or with dry_run count them all; how many.
+SELECT pgjobs.retry_matching(queue => %(queue)s, status => 'failed', task => %(task)s, dry_run => %(dry_run)s,
+                             max_jobs => %(max_jobs)s) AS n;
+
 -- name: job_delete
 -- Delete a job that is not running.
 SELECT pgjobs.delete_job(%(id)s) AS deleted;

@@ -59,7 +59,8 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Put every failed or aborted job that matches a filter back in its queue (see _requeue), or with
--- dry_run only count them; returns how many. A status other than failed or aborted matches none.
+-- dry_run only count them; returns how many. max_jobs (NULL: all) takes at most that many, the
+-- oldest first, so that a long retry can go in steps. A status other than failed or aborted matches none.
 -- Jobs whose key an unfinished job holds are left as they are; of several with one key, the
 -- newest is retried.
 CREATE OR REPLACE FUNCTION pgjobs.retry_matching(
@@ -69,22 +70,29 @@ CREATE OR REPLACE FUNCTION pgjobs.retry_matching(
     group_key text DEFAULT NULL,
     key text DEFAULT NULL,
     error text DEFAULT NULL,
-    dry_run boolean DEFAULT false
+    dry_run boolean DEFAULT false,
+    max_jobs integer DEFAULT NULL
 ) RETURNS integer
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
     ids bigint[];
 BEGIN
+    IF max_jobs < 1 THEN
+        PERFORM pgjobs._refuse('max_jobs', format('must be NULL or at least 1, got %s', max_jobs));
+    END IF;
     ids := ARRAY(
-        SELECT DISTINCT ON (j.enqueued_by, j.key, CASE WHEN j.key IS NULL THEN j.id END) j.id
-        FROM pgjobs.jobs j
-        WHERE j.status IN ('failed', 'aborted')
-          AND pgjobs._job_matches(j, queue, status, task, group_key, key, error)
-          AND (j.key IS NULL OR NOT EXISTS (SELECT FROM pgjobs.jobs_live u
-                                            WHERE u.enqueued_by = j.enqueued_by AND u.key = j.key
-                                              AND u.status IN ('waiting', 'queued', 'active', 'aborting')))
-        ORDER BY j.enqueued_by, j.key, CASE WHEN j.key IS NULL THEN j.id END, j.id DESC);
+        SELECT d.id FROM (
+            SELECT DISTINCT ON (j.enqueued_by, j.key, CASE WHEN j.key IS NULL THEN j.id END) j.id
+            FROM pgjobs.jobs j
+            WHERE j.status IN ('failed', 'aborted')
+              AND pgjobs._job_matches(j, queue, status, task, group_key, key, error)
+              AND (j.key IS NULL OR NOT EXISTS (SELECT FROM pgjobs.jobs_live u
+                                                WHERE u.enqueued_by = j.enqueued_by AND u.key = j.key
+                                                  AND u.status IN ('waiting', 'queued', 'active', 'aborting')))
+            ORDER BY j.enqueued_by, j.key, CASE WHEN j.key IS NULL THEN j.id END, j.id DESC) d
+        ORDER BY d.id
+        LIMIT max_jobs);
     IF coalesce(dry_run, false) THEN
         RETURN cardinality(ids);
     END IF;

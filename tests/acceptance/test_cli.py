@@ -108,6 +108,29 @@ def test_jobs_retry_and_delete_commands(dsn: str) -> None:
     assert json.loads(run_cli("queues", "--json", "--dsn", dsn).stdout or "null") is None  # nothing left
 
 
+def test_bulk_retry_goes_in_steps_with_progress_and_listings_speak_json(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pgjobs.enqueue_many(ARRAY['app.t'], array_fill('{}'::jsonb, ARRAY[1200]))")
+        conn.execute("SELECT pgjobs.enqueue('app.other')")
+        conn.execute("SELECT pgjobs.worker_register('w1', 'host', 1, 'me', '{default}', 4, 60)")
+        claimed = conn.execute("SELECT id FROM pgjobs.dequeue('w1', '{default}', 2000)").fetchall()
+        conn.execute(
+            "SELECT pgjobs.fail(id, 'boom', retry => false) FROM unnest(%s::bigint[]) AS id", [[r[0] for r in claimed]]
+        )
+        retried = run_cli("retry", "--failed", "--task", "app.t", "--dsn", dsn)
+        assert retried.returncode == 0 and retried.stdout.strip() == "1200 job(s) queued again", retried.stderr
+        # Not a terminal: plain progress lines on stderr, never more than one a tenth.
+        lines = retried.stderr.splitlines()
+        assert lines[-1] == "retry: 1200/1200" and 3 <= len(lines) <= 11, lines
+        counts = dict(conn.execute("SELECT task, count(*) FROM pgjobs.jobs WHERE status = 'queued' GROUP BY task"))
+        assert counts == {"app.t": 1200}  # app.other stays failed
+        conn.execute("SELECT pgjobs.schedule('nightly', 'app.t', cron => '0 3 * * *')")
+    workers = [json.loads(line) for line in run_cli("workers", "--json", "--dsn", dsn).stdout.splitlines()]
+    assert [(w["id"], w["status"]) for w in workers] == [("w1", "running")]
+    listed = [json.loads(line) for line in run_cli("schedules", "--json", "--dsn", dsn).stdout.splitlines()]
+    assert [(s["name"], s["cron"]) for s in listed] == [("nightly", "0 3 * * *")]
+
+
 def test_health_exit_status_follows_what_it_finds(dsn: str) -> None:
     healthy = run_cli("health", "--dsn", dsn)
     assert healthy.returncode == 0 and healthy.stdout.splitlines()[-1] == "pgjobs health: OK", healthy.stdout
