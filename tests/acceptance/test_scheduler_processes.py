@@ -54,7 +54,7 @@ def test_the_schedule_commands(dsn: str) -> None:
     dry = run_cli("backfill", "daily", "--start", "2026-10-01", "--end", "2026-11-01", "--dry-run", "--dsn", dsn)
     assert dry.returncode == 0 and "31 ticks: 31 would enqueue" in dry.stdout, dry.stderr
     done = run_cli("backfill", "daily", "--start", "2026-10-01", "--end", "2026-11-01", "--dsn", dsn)
-    assert "31 enqueued" in done.stdout and "31/31 ticks" in done.stderr
+    assert "31 enqueued" in done.stdout and "backfill daily: 31/31" in done.stderr
     again = run_cli("backfill", "daily", "--start", "2026-10-01", "--end", "2026-11-01", "--dsn", dsn)
     assert "0 enqueued, 0 rerun, 31 skipped" in again.stdout
     bad = run_cli("backfill", "nope", "--start", "2026-10-01", "--end", "2026-11-01", "--dsn", dsn)
