@@ -76,6 +76,10 @@ def _worker(args: argparse.Namespace) -> int:
         connections=args.connections,
         startup_timeout=args.startup_timeout,
         metrics=_serve_metrics(args.metrics_port, dsn) if args.metrics_port is not None else None,
+        executor=args.executor,
+        max_jobs_per_child=args.max_jobs_per_child,
+        max_memory_per_child=args.max_memory_per_child,
+        kill_grace=args.kill_grace,
     )
     asyncio.run(worker.run(handle_signals=True))
     return 0
@@ -501,6 +505,20 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait at start for a database that does not answer yet (default: as long as it takes)",
     )  # fmt: skip
     c.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (needs pgjobs[metrics])")
+    c.add_argument(
+        "--executor", choices=["thread", "process"], default="thread",
+        help="where sync tasks run unless their @task says: a thread each, or a pool of child processes that a "
+        "stopped run's child is killed in (default thread)",
+    )  # fmt: skip
+    c.add_argument("--max-jobs-per-child", type=int, help="process executor: replace a child after N jobs")
+    c.add_argument(
+        "--max-memory-per-child", type=float, metavar="MB",
+        help="process executor: replace a child a job left above MB resident, kill one that passes it during a job",
+    )  # fmt: skip
+    c.add_argument(
+        "--kill-grace", type=float, default=2.0,
+        help="seconds a stopped run's child gets between SIGTERM and SIGKILL (default 2)",
+    )  # fmt: skip
     c.set_defaults(func=_worker)
 
     c = command("workers", "list workers, newest first")

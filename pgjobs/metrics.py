@@ -16,8 +16,19 @@ from . import _database, _sql
 OUTCOMES = ("complete", "failed", "retried", "released", "dropped")
 
 
+#: Why a run was stopped while its task ran: aborted (cancelled, or killed by the reaper for its
+#: timeout or heartbeat), lost (no longer this worker's), fenced (given up by the fence), shutdown
+#: (given back at stop), memory (its child process went past --max-memory-per-child).
+KILL_REASONS = ("aborted", "lost", "fenced", "shutdown", "memory")
+
+#: Why a child process of the process executor was replaced: killed (its run was stopped),
+#: crashed (it died on its own), memory (over the ceiling), max_jobs (ran --max-jobs-per-child).
+RESTART_REASONS = ("killed", "crashed", "memory", "max_jobs")
+
+
 class WorkerMetrics:
-    """``pgjobs_worker_jobs_total{queue,task,outcome}`` and ``pgjobs_worker_job_duration_seconds``."""
+    """``pgjobs_worker_jobs_total{queue,task,outcome}``, ``pgjobs_worker_job_duration_seconds``,
+    ``pgjobs_worker_kills_total{executor,reason}`` and ``pgjobs_worker_child_restarts_total{reason}``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.jobs = Counter(
@@ -28,6 +39,21 @@ class WorkerMetrics:
             "pgjobs_worker_job_duration_seconds", "Seconds a run took, claim to outcome", ["queue", "task"],
             registry=registry,
         )  # fmt: skip
+
+        self.kills = Counter(
+            "pgjobs_worker_kills", "Runs stopped while their task ran, by executor and reason", ["executor", "reason"],
+            registry=registry,
+        )  # fmt: skip
+        self.child_restarts = Counter(
+            "pgjobs_worker_child_restarts", "Child processes of the process executor replaced, by reason", ["reason"],
+            registry=registry,
+        )  # fmt: skip
+
+    def killed(self, executor: str, reason: str) -> None:
+        self.kills.labels(executor, reason).inc()
+
+    def restarted(self, reason: str) -> None:
+        self.child_restarts.labels(reason).inc()
 
     def observe(self, queue: str, task: str, outcome: str, seconds: float) -> None:
         self.jobs.labels(queue, task, outcome).inc()

@@ -7,13 +7,17 @@ import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 from .client import OPTION_NAMES, enqueue, enqueue_async, job
 from .errors import PgjobsError, UnknownTaskError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Where sync tasks may run (pgjobs._executors, above this module, holds both).
+Executor = Literal["thread", "process"]
+EXECUTORS: tuple[Executor, ...] = ("thread", "process")
 
 # Every task registered in this process, by name; a worker runs the ones its modules register.
 registry: dict[str, Task[..., Any]] = {}
@@ -27,6 +31,8 @@ class Task(Generic[P, R]):
     name: str
     pass_job: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    #: Where a sync task runs: "thread" or "process"; None leaves it to the worker's --executor.
+    executor: Executor | None = None
 
     @property
     def is_async(self) -> bool:
@@ -52,7 +58,7 @@ class Task(Generic[P, R]):
 def task(func: Callable[P, R], /) -> Task[P, R]: ...
 @overload
 def task(
-    *, name: str | None = None, pass_job: bool = False, **options: Any
+    *, name: str | None = None, pass_job: bool = False, executor: Executor | None = None, **options: Any
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(
     func: Callable[P, R] | None = None,
@@ -60,24 +66,33 @@ def task(
     *,
     name: str | None = None,
     pass_job: bool = False,
+    executor: Executor | None = None,
     **options: Any,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Register a function as a task.
 
     :param name: the task's name; defaults to ``module.function``.
     :param pass_job: call the function with the running Job as its first argument.
+    :param executor: where a sync task runs: ``"thread"`` or ``"process"`` (a child process that
+        can be killed); None (the default) leaves it to the worker's ``--executor``.
     :param options: default enqueue options (queue, priority, retries, timeout…).
     """
     unknown = set(options) - OPTION_NAMES
     if unknown:
         raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
+    if executor not in (None, *EXECUTORS):
+        raise TypeError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
 
     def register(f: Callable[P, R]) -> Task[P, R]:
         task_name = name or f"{f.__module__}.{f.__qualname__}"
         existing = registry.get(task_name)
         if existing is not None and existing.func is not f and _origin(existing.func) != _origin(f):
             raise PgjobsError(f"two tasks are named {task_name!r}: give one another name=")
-        t = Task(func=f, name=task_name, pass_job=pass_job, options=dict(options))
+        if executor == "process" and inspect.iscoroutinefunction(f):
+            raise TypeError(
+                f"task {task_name!r}: executor='process' is for sync functions (async ones run on the loop)"
+            )
+        t = Task(func=f, name=task_name, pass_job=pass_job, options=dict(options), executor=executor)
         registry[task_name] = t
         return t
 

@@ -1,7 +1,8 @@
 """The worker: claims due jobs, runs their tasks, records what happened, and proves it is alive.
 
-Async tasks run on the worker's event loop; each sync task runs in a thread of its own, so one
-that cannot be interrupted never takes a slot from the next job. One exchange loop talks to the
+Async tasks run on the worker's event loop. Sync tasks run each in a thread of its own (a stopped
+run gets JobCancelled raised in it, which a blocking call delays), or in a pool of child processes
+that a stopped run's child is killed in (pgjobs._executors). One exchange loop talks to the
 database for the runs: each round trip records the results of the runs that finished (never
 before the task has) and claims jobs for the free slots, in one transaction. A heartbeat keeps
 the worker's row and its runs fresh at a steady rate.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import getpass
 import inspect
@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,12 +40,13 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from . import _database, _sql, migrations
+from ._executors import ProcessPool, TaskFailed, run_in_thread
 from .errors import ArgumentError, ConfigurationError, DatabaseUnavailable, JobException
 from .job import Job, to_json, without_nul
 from .reaper import Reaper, ReaperConfig
 from .schedules import Schedule, Scheduler, SchedulerConfig, store
 from .schedules import registry as schedule_registry
-from .tasks import Task, registry
+from .tasks import EXECUTORS, Executor, Task, registry
 
 if TYPE_CHECKING:
     from .metrics import WorkerMetrics
@@ -64,6 +65,8 @@ DEFAULT_SCHEDULER = SchedulerConfig()
 
 # Why a run was stopped: a user's cancel or a reaper kill; no longer ours; given up by the fence.
 StopReason = Literal["abort", "lost", "fenced"]
+# The same, as pgjobs_worker_kills_total counts it (None: given back at shutdown).
+_KILL_LABEL: dict[StopReason | None, str] = {"abort": "aborted", "lost": "lost", "fenced": "fenced", None: "shutdown"}
 
 # The fence acts this many heart rates before the reaper may declare the worker dead, for the
 # beat in flight and the cancellations to land.
@@ -115,6 +118,14 @@ class Worker:
     :param startup_timeout: seconds to wait at start for a database that does not answer yet
         (down, starting, out of connection slots); None waits as long as it takes.
     :param metrics: where to count runs and their durations (pgjobs.metrics.WorkerMetrics).
+    :param executor: where sync tasks run unless their @task says: ``"thread"`` (a thread each) or
+        ``"process"`` (a pool of child processes, up to concurrency, which a stopped run's child
+        is killed in).
+    :param max_jobs_per_child: the process executor replaces a child after that many jobs.
+    :param max_memory_per_child: megabytes of resident memory: the process executor replaces a
+        child that a job left above it, and kills one that goes above it during a job (Linux).
+    :param kill_grace: seconds a stopped run's child gets between SIGTERM and SIGKILL (and a
+        stopped thread to end after JobCancelled is raised in it).
     """
 
     def __init__(
@@ -135,9 +146,21 @@ class Worker:
         connections: int = 1,
         startup_timeout: float | None = None,
         metrics: WorkerMetrics | None = None,
+        executor: Executor = "thread",
+        max_jobs_per_child: int | None = None,
+        max_memory_per_child: float | None = None,
+        kill_grace: float = 2.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        if max_jobs_per_child is not None and max_jobs_per_child < 1:
+            raise ValueError("max_jobs_per_child must be at least 1")
+        if max_memory_per_child is not None and not max_memory_per_child > 0:
+            raise ValueError("max_memory_per_child must be a positive number of megabytes")
+        if not kill_grace >= 0:
+            raise ValueError("kill_grace must be a number of seconds")
         if not queues:
             raise ValueError("a worker needs at least one queue")
         if not heart_rate > 0:
@@ -155,6 +178,13 @@ class Worker:
         self.log_args = log_args
         self.startup_timeout = startup_timeout
         self.metrics = metrics
+        self.executor = executor
+        self.max_jobs_per_child = max_jobs_per_child
+        self.max_memory_per_child = max_memory_per_child
+        self.kill_grace = kill_grace
+        self._processes: ProcessPool | None = None
+        # job id -> how its child process ended, for a run the process executor stopped.
+        self._kill_notes: dict[int, str] = {}
         self._outage = _database.Outage(logger)
         self._pool = _database.Pool(dsn, connections, owner=self.id, outage=self._outage)
         self._listen_link = _database.Link(dsn, "listen", self._listen_setup, owner=self.id, outage=self._outage)
@@ -303,14 +333,17 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
         try:
+            await self._start_processes()
             await self._register_at_start()
         except BaseException:
+            await self._close_processes()
             self._remove_signal_handlers(handle_signals)
             raise
         self._started.set()
         if self._ready is not None:
             self._ready.set()
         if self._stopping:
+            await self._close_processes()
             self._remove_signal_handlers(handle_signals)
             logger.info("worker %s stopped before it started", self.id)
             return
@@ -324,8 +357,8 @@ class Worker:
         ]
         exchange = asyncio.create_task(self._exchange_loop(), name="pgjobs-exchange")
         logger.info(
-            "worker %s started: queues %s, concurrency %d, tasks %s",
-            self.id, ",".join(self.queues), self.concurrency, ", ".join(sorted(self.tasks)) or "none",
+            "worker %s started: queues %s, concurrency %d, %s executor, tasks %s",
+            self.id, ",".join(self.queues), self.concurrency, self.executor, ", ".join(sorted(self.tasks)) or "none",
         )  # fmt: skip
         try:
             await self._until_stopping(exchange)
@@ -342,6 +375,7 @@ class Worker:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            await self._close_processes()
             try:
                 await asyncio.wait_for(self._record_exit(), timeout=5)
             except (TimeoutError, psycopg.Error) as exc:
@@ -355,6 +389,33 @@ class Worker:
         if handled and self._loop is not None:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.remove_signal_handler(sig)
+
+    def _executor_of(self, task: Task[..., Any]) -> Literal["async", "thread", "process"]:
+        return "async" if task.is_async else task.executor or self.executor
+
+    async def _start_processes(self) -> None:
+        """Start the process pool when some task runs in it: its first child imports the task
+        modules, so that a module that cannot be imported stops the worker here."""
+        chosen = [t for t in self.tasks.values() if self._executor_of(t) == "process"]
+        if not chosen:
+            return
+        for t in chosen:
+            if t.func.__module__ == "__main__":
+                raise ConfigurationError(
+                    f"task {t.name!r} is defined in __main__: the process executor's children import task "
+                    "modules by name, so define it in a module"
+                )
+        modules = list(dict.fromkeys(t.func.__module__ for t in chosen))
+        self._processes = ProcessPool(
+            modules, max_jobs_per_child=self.max_jobs_per_child,
+            max_memory_mb=self.max_memory_per_child, kill_grace=self.kill_grace,
+            on_restart=self.metrics.restarted if self.metrics is not None else None,
+        )  # fmt: skip
+        await self._processes.start()
+
+    async def _close_processes(self) -> None:
+        if self._processes is not None:
+            await self._processes.close()
 
     def _register(self) -> None:
         with _database.connect(self.dsn, name=f"pgjobs register {self.id}") as conn:
@@ -505,6 +566,10 @@ class Worker:
         _, pending = await asyncio.wait(list(self._running.values()), timeout=self.shutdown_grace)
         if pending:
             logger.warning("giving %d unfinished job(s) back to the queue", len(pending))
+            for job_id, t in list(self._running.items()):
+                job = self._jobs.get(job_id)
+                if t in pending and job is not None and job._stopped is None:
+                    job._stopped = "given back to the queue: the worker is stopping"
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -629,6 +694,7 @@ class Worker:
         self._running.pop(job_id, None)
         self._jobs.pop(job_id, None)
         self._stop_reason.pop(job_id, None)
+        self._kill_notes.pop(job_id, None)
         self._held.pop(job_id, None)
         if self._saturated and self._wake is not None:
             self._wake.set()  # a slot is free and more jobs may be due
@@ -653,6 +719,10 @@ class Worker:
             assert job.id is not None
             reason = self._stop_reason.get(job.id)
             elapsed = time.perf_counter() - started
+            self._count_kill(task, _KILL_LABEL[reason])
+            note = self._kill_notes.get(job.id)
+            if note is not None:
+                logger.info("job %d %s stopped: %s", job.id, job.task, note)
             if reason == "lost":
                 logger.warning("job %d %s stopped: it is no longer this worker's run", job.id, job.task)
                 outcome = None
@@ -667,12 +737,18 @@ class Worker:
                 error = f"given up by worker {self.id}: it could not reach the database to prove it is alive"
                 outcome = _Outcome("fail", job, elapsed, error=error)
             elif reason == "abort":
-                outcome = _Outcome("fail", job, elapsed, error="cancelled while running")
+                # A reaper kill keeps its reason (timeout, heartbeat) as the error instead.
+                error = "cancelled while running" + (f"; {note}" if note else "")
+                outcome = _Outcome("fail", job, elapsed, error=error)
             else:
                 job._stopped = "given back to the queue: the worker is stopping"
                 outcome = _Outcome("release", job, elapsed)
         except _NotRetryable as exc:
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=str(exc), retry=False)
+        except TaskFailed as exc:  # raised in a child process, or the child died
+            if exc.killed is not None:
+                self._count_kill(task, exc.killed)
+            outcome = _Outcome("fail", job, time.perf_counter() - started, error=exc.error, retry=exc.retry)
         except BaseException as exc:  # a task's SystemExit must not leave its job active
             error = "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")  # text cannot hold NUL
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=error)
@@ -682,17 +758,30 @@ class Worker:
             self._wake.set()
 
     async def _invoke(self, task: Task[..., Any], job: Job) -> Any:
+        executor = self._executor_of(task)
+        if executor == "process":
+            assert self._processes is not None and job.id is not None
+            touch, on_stop = (
+                functools.partial(self._touch, job),
+                functools.partial(self._kill_notes.__setitem__, job.id),
+            )
+            return await self._processes.run(job, task.name, task.pass_job, touch, on_stop)
         leading = (job,) if task.pass_job else ()
         if isinstance(job.args, list):
             call = functools.partial(task.func, *leading, *job.args)
         else:
             call = functools.partial(task.func, *leading, **job.args)
-        if task.is_async:
+        if executor == "async":
             return await call()
-        result = await _in_thread(call, f"pgjobs-job-{job.id}")
+        why = functools.partial(self._why_stopped, job)
+        result = await run_in_thread(call, f"pgjobs-job-{job.id}", why, self.kill_grace)
         if inspect.isawaitable(result):
             result = await result
         return result
+
+    @staticmethod
+    def _why_stopped(job: Job) -> str:
+        return f"job {job.id}: {job._stopped or 'stopped by the worker'}"
 
     async def _touch(self, job: Job, progress: float | None, meta: Mapping[str, Any] | None) -> bool:
         params = {
@@ -741,6 +830,10 @@ class Worker:
         if self.metrics is not None:
             self.metrics.observe(o.job.queue, o.job.task, outcome, o.seconds)
 
+    def _count_kill(self, task: Task[..., Any] | None, reason: str) -> None:
+        if self.metrics is not None and task is not None:
+            self.metrics.killed(self._executor_of(task), reason)
+
     @staticmethod
     def _log_failure(o: _Outcome, status: str | None) -> None:
         summary = ((o.error or "").strip().splitlines() or [""])[-1]
@@ -751,26 +844,3 @@ class Worker:
             logger.warning("job %d %s failed, but the run was no longer ours: %s", o.job.id, o.job.task, summary)
         else:
             logger.warning("job %d %s %s after %.1f ms: %s", o.job.id, o.job.task, status, ms, summary)
-
-
-async def _in_thread(call: Callable[[], Any], name: str) -> Any:
-    """Run a sync call in a daemon thread of its own and await its result. Cancelling the await
-    abandons the thread (Python cannot interrupt it): it finishes in the background, unheard."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-    context = contextvars.copy_context()
-
-    def settle(ok: bool, value: Any) -> None:
-        if not future.done():
-            future.set_result(value) if ok else future.set_exception(value)
-
-    def target() -> None:
-        try:
-            ok, value = True, context.run(call)
-        except BaseException as exc:
-            ok, value = False, exc
-        with contextlib.suppress(RuntimeError):  # the worker's loop may be gone by now
-            loop.call_soon_threadsafe(settle, ok, value)
-
-    threading.Thread(target=target, name=name, daemon=True).start()
-    return await future

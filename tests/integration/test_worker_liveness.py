@@ -107,14 +107,15 @@ _heard_cancel: list[tuple[bool, str]] = []
 
 @pgjobs.task(name="live.sync_until_cancelled", pass_job=True)
 def sync_until_cancelled(job: Job) -> str:
+    # JobCancelled comes from job.update() or, raised in the thread by the worker, from anywhere.
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
+    try:
+        while time.monotonic() < deadline:
             job.update()
-        except pgjobs.JobCancelled as exc:
-            _heard_cancel.append((job.cancelled, str(exc)))
-            return "stopped"
-        time.sleep(0.02)
+            time.sleep(0.02)
+    except pgjobs.JobCancelled as exc:
+        _heard_cancel.append((job.cancelled, str(exc)))
+        return "stopped"
     return "never told"
 
 
