@@ -328,7 +328,7 @@ class ProcessPool:
         )
         writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(request_w, "wb", buffering=0))
         child = _Child(proc, reader, read_transport, writer, life_w)
-        child.send({"path": sys.path, "modules": self.modules})
+        child.send({"path": sys.path, "modules": self.modules, "rss": self.max_memory_mb is not None})
         try:
             hello = await child.receive()
         except (_Gone, ValueError):
@@ -424,6 +424,7 @@ class ProcessPool:
 # ------------------------------------------------------------------------------------------------
 _TIMES = frozenset(f.name for f in fields(Job) if f.name.endswith("_at"))
 _stopping = False  # set by SIGTERM: the worker stops this child's run
+_report_rss = False  # whether replies carry this process's memory (the worker has a limit)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -471,7 +472,9 @@ def _encode(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message, allow_nan=False, separators=(",", ":")).encode()
 
 
-def _own_rss() -> int:
+def _own_rss() -> int | None:
+    if not _report_rss:
+        return None
     rss = rss_bytes(os.getpid())
     if rss is not None:
         return rss
@@ -560,6 +563,8 @@ def child_main() -> None:
     hello = link.receive()
     if hello is None:
         _exit(0)
+    global _report_rss
+    _report_rss = bool(hello.get("rss"))
     sys.path[:] = hello["path"]
     try:
         tasks.load(hello["modules"])
