@@ -1,7 +1,8 @@
 """pgjobs against its peers (PgQueuer, procrastinate) on the same PostgreSQL, same no-op task.
 
     bash bench/run [--dsn DSN] [--repeat 3] [--systems pgjobs,pgqueuer,procrastinate]
-                   [--scenarios enqueue,throughput,latency,backlog,drain,groups,flow,sustained] [--quick]
+                   [--scenarios enqueue,throughput,latency,backlog,drain,groups,flow,executors,sustained]
+                   [--quick]
 
 Every measurement starts from a fresh database created on the server of --dsn (default:
 PGJOBS_DSN, else the embedded server); systems take turns within each repetition and each figure
@@ -35,7 +36,7 @@ from psycopg.types.json import Jsonb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.systems import ARGS, LATENCY_FILE, SYSTEMS, System  # noqa: E402
+from bench.systems import ARGS, ARGS_JSON, LATENCY_FILE, SYSTEMS, System  # noqa: E402
 from pgjobs import _database, _sql  # noqa: E402
 
 
@@ -104,6 +105,44 @@ def drain_rate(system: System, dsn: str, total: int, processes: int, concurrency
             return done / max(last - first, 1e-3)
     finally:
         stop(workers)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and of its living children."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return sum(t.user + t.system for t in (p.cpu_times() for p in [root, *root.children(recursive=True)]))
+
+
+def sync_drain(dsn: str, n: int, executor: str, concurrency: int = 10) -> tuple[float, float]:
+    """Jobs/s and CPU microseconds a job (the worker and its children) while one warm `pgjobs worker
+    --executor EXECUTOR` drains n sync no-op jobs inserted at once."""
+    command = [sys.executable, "-m", "pgjobs", "--log-level", "warning", "worker", "bench.tasks", "--dsn", dsn,
+               "-c", str(concurrency), "--executor", executor]  # fmt: skip
+    worker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    unfinished = SYSTEMS["pgjobs"].unfinished_sql()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+
+            def drain(count: int) -> None:
+                conn.execute(
+                    "INSERT INTO pgjobs.jobs (task, args)"
+                    " SELECT 'bench.noop_sync', %s::jsonb FROM generate_series(1, %s)",
+                    [ARGS_JSON, count],
+                )
+                while conn.execute(unfinished).fetchone() != (0,):
+                    if worker.poll() is not None:
+                        raise RuntimeError(f"the worker exited (run `{' '.join(command)}` to see why)")
+                    time.sleep(0.05)
+
+            drain(concurrency * 50)  # warm: every thread or child process started once
+            time.sleep(1)
+            cpu, started = tree_cpu(worker.pid), time.perf_counter()
+            drain(n)
+            return n / (time.perf_counter() - started), 1e6 * (tree_cpu(worker.pid) - cpu) / n
+    finally:
+        stop([worker])
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -450,6 +489,29 @@ class Bench:
                     most = max(most, i - j + 1)
                 busiest.add("pgjobs", most)
 
+    def executors(self) -> None:
+        """pgjobs only: sync no-op jobs through the thread executor and through the process executor,
+        on one warm worker process x 10: jobs/s, and the CPU a job costs the worker with its children."""
+        pgjobs_system = next((s for s in self.systems if s.name == "pgjobs"), None)
+        if pgjobs_system is None:
+            return
+        n = 2_000 if self.quick else 10_000
+        rows = {
+            executor: (
+                self.row(f"executors: {n:,} sync no-op jobs, 1 proc x 10, {executor} executor", "jobs/s"),
+                self.row(
+                    f"executors: worker CPU a job, its children included, {executor}", "us", higher_is_better=False
+                ),
+            )
+            for executor in ("thread", "process")
+        }
+        for i in range(self.repeat):
+            for executor in ("thread", "process") if i % 2 == 0 else ("process", "thread"):
+                with fresh_database(self.server, pgjobs_system) as dsn:
+                    rate, cost = sync_drain(dsn, n, executor)
+                rows[executor][0].add("pgjobs", rate)
+                rows[executor][1].add("pgjobs", cost)
+
     def sustained(self) -> None:
         """One run per system (not repeated: a run is long): per-minute p99 latency while jobs arrive
         at a fixed rate, then dead tuples and the size of the queue table with its indexes."""
@@ -564,7 +626,9 @@ def main() -> None:
     parser.add_argument("--dsn", help="server to create benchmark databases on (default: PGJOBS_DSN or embedded)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--systems", default="pgjobs,pgqueuer,procrastinate")
-    parser.add_argument("--scenarios", default="enqueue,throughput,latency,backlog,drain,groups,flow,sustained")
+    parser.add_argument(
+        "--scenarios", default="enqueue,throughput,latency,backlog,drain,groups,flow,executors,sustained"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, a 30 s sustained run")
     parser.add_argument("--full", action="store_true", help="also drain 200,000 jobs")
     args = parser.parse_args()

@@ -1,5 +1,5 @@
-"""pgjobs tasks for the benchmark: a no-op taking keyword arguments, and one that also records when
-it started."""
+"""pgjobs tasks for the benchmark: a no-op taking keyword arguments (async, and sync for the
+executors scenario), and one that also records when it started."""
 
 from __future__ import annotations
 
@@ -17,3 +17,8 @@ async def noop(account_id: int, action: str) -> None:
 async def stamp(account_id: int, action: str, tag: int) -> None:
     check_args(account_id, action)
     _stamp(tag)
+
+
+@pgjobs.task(name="bench.noop_sync")
+def noop_sync(account_id: int, action: str) -> None:
+    check_args(account_id, action)
