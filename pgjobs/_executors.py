@@ -108,12 +108,19 @@ async def run_in_thread(call: Callable[[], Any], name: str, why: Callable[[], st
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
+        future.add_done_callback(_unheard)
         with lock:
             raised = running and thread.ident is not None and _raise_in_thread(thread.ident, stop_exception(why()))
         if raised:  # give the thread a moment to end, so that its retry does not overlap it
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait({future}, timeout=grace)
-        raise  # what the thread ends with is unheard: shield marks it retrieved
+        raise
+
+
+def _unheard(future: asyncio.Future[Any]) -> None:
+    """What a stopped run's thread ends with is nobody's concern (no "never retrieved" log)."""
+    if not future.cancelled():
+        future.exception()
 
 
 # ------------------------------------------------------------------------------------------------
