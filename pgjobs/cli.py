@@ -510,14 +510,14 @@ def _parser() -> argparse.ArgumentParser:
         help="where sync tasks run unless their @task says: a thread each, or a pool of child processes that a "
         "stopped run's child is killed in (default thread)",
     )  # fmt: skip
-    c.add_argument("--max-jobs-per-child", type=int, help="process executor: replace a child after N jobs")
+    c.add_argument("--max-jobs-per-child", type=int, metavar="N", help="process executor: replace a child after N jobs")
     c.add_argument(
         "--max-memory-per-child", type=float, metavar="MB",
         help="process executor: replace a child a job left above MB resident, kill one that passes it during a job",
     )  # fmt: skip
     c.add_argument(
-        "--kill-grace", type=float, default=2.0,
-        help="seconds a stopped run's child gets between SIGTERM and SIGKILL (default 2)",
+        "--kill-grace", type=float, default=2.0, metavar="SECONDS",
+        help="seconds a stopped run's child gets between SIGTERM and SIGKILL, and its thread to end (default 2)",
     )  # fmt: skip
     c.set_defaults(func=_worker)
 
