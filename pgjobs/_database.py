@@ -86,7 +86,19 @@ def dead_peer_timeout() -> float:
     return value
 
 
-def session_params(dsn: str, application_name: str = "pgjobs") -> dict[str, Any]:
+def pooled() -> bool:
+    """Whether ``PGJOBS_POOLED`` says the DSN leads to a pooler that hands each transaction any
+    server session (PgBouncer with ``pool_mode = transaction``): then no session state is set or
+    relied on (no startup ``options``, no prepared statements, no LISTEN)."""
+    text = os.environ.get("PGJOBS_POOLED", "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigurationError(f"PGJOBS_POOLED must be 1 or 0 (true/false, yes/no, on/off), got {text!r}")
+
+
+def session_params(dsn: str, application_name: str = "pgjobs", *, direct: bool = False) -> dict[str, Any]:
     """Connection parameters that make a session die with its host, both ends, unless the DSN sets
     them itself: a host that vanishes (power loss, a partition) leaves the server with a session
     that TCP alone keeps for hours, holding its locks, and the client waiting as long.
@@ -96,6 +108,10 @@ def session_params(dsn: str, application_name: str = "pgjobs") -> dict[str, Any]
     attempt gives up after T/3; a transaction left idle is ended after T/3 so that a frozen client
     cannot hold row locks. The server side gets the same through ``options``. The session is named
     (``application_name``, truncated by the server to 63 bytes) so operators can tell them apart.
+
+    Behind a transaction pooler (pooled(), unless ``direct``: a DSN that bypasses it) the server
+    sessions are the pooler's: no ``options`` (PgBouncer refuses them), and statements are not
+    prepared (a prepared statement lives in one server session, the next transaction may get another).
     """
     t = dead_peer_timeout()
     try:
@@ -108,11 +124,14 @@ def session_params(dsn: str, application_name: str = "pgjobs") -> dict[str, Any]
         "tcp_user_timeout": user_timeout, "connect_timeout": str(max(2, round(t / 3))),
         "application_name": application_name,
     }  # fmt: skip
-    params = {k: v for k, v in client.items() if k not in given}
+    params: dict[str, Any] = {k: v for k, v in client.items() if k not in given}
     server = {
         "tcp_keepalives_idle": idle, "tcp_keepalives_interval": interval, "tcp_keepalives_count": "4",
         "tcp_user_timeout": user_timeout, "idle_in_transaction_session_timeout": f"{idle}s",
     }  # fmt: skip
+    if pooled() and not direct:
+        params["prepare_threshold"] = None
+        return params
     options = str(given.get("options") or "")
     extra = " ".join(f"-c {k}={v}" for k, v in server.items() if k not in options)
     if extra:
@@ -120,21 +139,25 @@ def session_params(dsn: str, application_name: str = "pgjobs") -> dict[str, Any]
     return params
 
 
-def connect(dsn: str, *, autocommit: bool = True, name: str = "pgjobs") -> psycopg.Connection[Row]:
-    """A connection returning dict rows, with session_params() (``name`` is its application_name);
-    a wrong DSN raises ConfigurationError with one line."""
+def connect(
+    dsn: str, *, autocommit: bool = True, name: str = "pgjobs", direct: bool = False
+) -> psycopg.Connection[Row]:
+    """A connection returning dict rows, with session_params() (``name`` is its application_name;
+    ``direct``: the DSN bypasses a pooler); a wrong DSN raises ConfigurationError with one line."""
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **session_params(dsn, name))
+        params = session_params(dsn, name, direct=direct)
+        return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
     except (psycopg.Error, ValueError) as exc:
         raise _connect_error(dsn, exc) from None
 
 
-async def connect_async(dsn: str, *, autocommit: bool = True, name: str = "pgjobs") -> psycopg.AsyncConnection[Row]:
+async def connect_async(
+    dsn: str, *, autocommit: bool = True, name: str = "pgjobs", direct: bool = False
+) -> psycopg.AsyncConnection[Row]:
     """The async twin of connect()."""
     try:
-        return await psycopg.AsyncConnection.connect(
-            dsn, autocommit=autocommit, row_factory=dict_row, **session_params(dsn, name)
-        )
+        params = session_params(dsn, name, direct=direct)
+        return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
     except (psycopg.Error, ValueError) as exc:
         raise _connect_error(dsn, exc) from None
 
@@ -253,6 +276,7 @@ class Link:
     :param setup: run on each new connection (LISTEN…) before it is handed out.
     :param owner: who holds it (a worker id), so that operators can tell sessions apart.
     :param outage: where failures are reported, for one log line per outage.
+    :param direct: the DSN bypasses a transaction pooler (see session_params).
     """
 
     def __init__(
@@ -263,8 +287,9 @@ class Link:
         *,
         owner: str | None = None,
         outage: Outage | None = None,
+        direct: bool = False,
     ) -> None:
-        self.dsn, self.name, self.setup = dsn, name, setup
+        self.dsn, self.name, self.setup, self.direct = dsn, name, setup, direct
         self.application_name = f"pgjobs {name} {owner}" if owner else f"pgjobs {name}"
         self.outage = outage or Outage()
         self.conn: psycopg.AsyncConnection[Row] | None = None
@@ -273,7 +298,7 @@ class Link:
         """The connection, reconnecting with backoff until it works (an outage is reported, not raised)."""
         while self.conn is None or self.conn.closed:
             try:
-                conn = await connect_async(self.dsn, name=self.application_name)
+                conn = await connect_async(self.dsn, name=self.application_name, direct=self.direct)
                 try:
                     if self.setup is not None:
                         await self.setup(conn)

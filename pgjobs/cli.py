@@ -60,6 +60,8 @@ def _serve_metrics(port: int, dsn: str) -> Any:
 # -- commands ---------------------------------------------------------------------------------------
 def _worker(args: argparse.Namespace) -> int:
     sys.path.insert(0, os.getcwd())  # like `python -m`: task modules next to the caller import
+    if args.pooled:
+        os.environ["PGJOBS_POOLED"] = "1"  # every connection of this process, the pools' included
     modules = tasks.load(args.modules)
     dsn = migrations.prepare(args.dsn)
     worker = Worker(
@@ -80,6 +82,7 @@ def _worker(args: argparse.Namespace) -> int:
         max_jobs_per_child=args.max_jobs_per_child,
         max_memory_per_child=args.max_memory_per_child,
         kill_grace=args.kill_grace,
+        listen_dsn=args.listen_dsn,
     )
     asyncio.run(worker.run(handle_signals=True))
     return 0
@@ -518,6 +521,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--kill-grace", type=float, default=2.0, metavar="SECONDS",
         help="seconds a stopped run's child gets between SIGTERM and SIGKILL, and its thread to end (default 2)",
+    )  # fmt: skip
+    c.add_argument(
+        "--pooled", action="store_true",
+        help="the DSN leads to a transaction pooler such as PgBouncer (also PGJOBS_POOLED=1): no session "
+        "state, and no LISTEN on it",
+    )  # fmt: skip
+    c.add_argument(
+        "--listen-dsn", default=os.environ.get("PGJOBS_LISTEN_DSN") or None, metavar="DSN",
+        help="behind a pooler, where the LISTEN session connects: PostgreSQL itself (also PGJOBS_LISTEN_DSN); "
+        "without it the worker polls",
     )  # fmt: skip
     c.set_defaults(func=_worker)
 

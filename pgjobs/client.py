@@ -20,7 +20,7 @@ from . import _database, _sql, migrations
 from ._calls import AsyncConnection, Call, Connection, run, run_async
 from ._calls import close as close
 from ._calls import close_async as close_async
-from .errors import ArgumentError
+from .errors import ArgumentError, ConfigurationError
 from .job import Job, JobStatus, as_jsonb, encode_arguments, to_json
 from .job import get_job as get_job
 from .job import get_job_async as get_job_async
@@ -473,8 +473,17 @@ def _parse_events(payload: str) -> list[Event]:
     return events
 
 
+def _listening_session() -> None:
+    if _database.pooled():
+        raise ConfigurationError(
+            "following events needs a session of its own: give the DSN of PostgreSQL itself, not of a "
+            "transaction pooler (PGJOBS_POOLED is set)"
+        )
+
+
 def events(*, dsn: str | None = None, timeout: float | None = None) -> Iterator[Event]:
     """Follow job state changes as they commit (until the timeout, if given)."""
+    _listening_session()
     with _database.connect(migrations.prepare(dsn)) as conn:
         _database.fetch(conn, _sql.query("listen"), {"channel": "pgjobs.events"})
         for note in conn.notifies(timeout=timeout):
@@ -483,6 +492,7 @@ def events(*, dsn: str | None = None, timeout: float | None = None) -> Iterator[
 
 async def events_async(*, dsn: str | None = None, timeout: float | None = None) -> AsyncIterator[Event]:
     """The async twin of events()."""
+    _listening_session()
     conn = await _database.connect_async(await asyncio.to_thread(migrations.prepare, dsn))
     try:
         await _database.fetch_async(conn, _sql.query("listen"), {"channel": "pgjobs.events"})

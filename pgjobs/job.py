@@ -341,10 +341,13 @@ async def wait_async(job_ids: Iterable[int], timeout: float | None = None, *, ds
     deadline = None if timeout is None else loop.time() + timeout
     target = await asyncio.to_thread(migrations.prepare, dsn)
     conn = await _database.connect_async(target)
+    # Behind a transaction pooler no session is ours to LISTEN on: re-reads only, a second apart at most.
+    listening, most = not _database.pooled(), _RECHECK_MAX if not _database.pooled() else 1.0
     try:
         # A client kept off the channels finds its jobs finished by the re-reads below.
-        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
-            await _database.fetch_async(conn, _sql.query("listen"), {"channel": "pgjobs.done"})
+        if listening:
+            with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+                await _database.fetch_async(conn, _sql.query("listen"), {"channel": "pgjobs.done"})
         query, ids = _sql.query("job_get_many"), list(wanted)
         recheck = _RECHECK_FIRST
         while True:
@@ -357,7 +360,10 @@ async def wait_async(job_ids: Iterable[int], timeout: float | None = None, *, ds
             # A job that finished while this session was starting to listen may have checked for
             # listeners just before it could see us: look again now and then, ever more rarely.
             timeout = recheck if remaining is None else min(recheck, remaining)
-            recheck = min(recheck * 2, _RECHECK_MAX)
+            recheck = min(recheck * 2, most)
+            if not listening:
+                await asyncio.sleep(timeout)
+                continue
             async for note in conn.notifies(timeout=timeout):
                 if pending.intersection(int(i) for i in note.payload.split(",") if i):
                     break

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 
 from . import _database, _sql
-from .errors import PgjobsError, SchemaError
+from .errors import ConfigurationError, PgjobsError, SchemaError
 
 logger = logging.getLogger("pgjobs.migrations")
 
@@ -111,6 +111,12 @@ def migrate(dsn: str | None = None, *, target: int | None = None) -> list[int]:
 
     A negative list entry means that version was rolled back.
     """
+    if _database.pooled():
+        # The migration lock is a session's, and a transaction pooler gives each statement any session.
+        raise ConfigurationError(
+            "pgjobs migrate needs a session of its own: run it against PostgreSQL itself, not through "
+            "a transaction pooler (unset PGJOBS_POOLED and give the server's DSN)"
+        )
     with _database.connect(_database.resolve_dsn(dsn)) as conn:
         return migrate_connection(conn, target=target)
 

@@ -126,6 +126,9 @@ class Worker:
         child that a job left above it, and kills one that goes above it during a job (Linux).
     :param kill_grace: seconds a stopped run's child gets between SIGTERM and SIGKILL (and a
         stopped thread to end after JobCancelled is raised in it).
+    :param listen_dsn: where the LISTEN session connects, when ``dsn`` leads to a transaction
+        pooler (PGJOBS_POOLED): PostgreSQL itself. Behind a pooler without it the worker polls
+        every poll_interval and hears cancels and stop requests at its heartbeats.
     """
 
     def __init__(
@@ -150,6 +153,7 @@ class Worker:
         max_jobs_per_child: int | None = None,
         max_memory_per_child: float | None = None,
         kill_grace: float = 2.0,
+        listen_dsn: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -187,7 +191,13 @@ class Worker:
         self._kill_notes: dict[int, str] = {}
         self._outage = _database.Outage(logger)
         self._pool = _database.Pool(dsn, connections, owner=self.id, outage=self._outage)
-        self._listen_link = _database.Link(dsn, "listen", self._listen_setup, owner=self.id, outage=self._outage)
+        # A pooler's server sessions cannot LISTEN for us: a DSN that bypasses it, or no listening.
+        self._listen_link: _database.Link | None = None
+        if listen_dsn is not None or not _database.pooled():
+            self._listen_link = _database.Link(
+                listen_dsn or dsn, "listen", self._listen_setup, owner=self.id, outage=self._outage,
+                direct=listen_dsn is not None,
+            )  # fmt: skip
         self._reaper = Reaper(dsn, reaper, holder=self.id, pool=self._pool) if reaper is not None else None
         # Seconds without a successful beat after which this worker gives up its runs.
         grace = (reaper or DEFAULT_REAPER).grace_multiplier
@@ -350,7 +360,7 @@ class Worker:
         self._beat_ok = time.monotonic()
         helpers = [
             asyncio.create_task(self._heart_loop(), name="pgjobs-heartbeat"),
-            asyncio.create_task(self._listen_loop(), name="pgjobs-listen"),
+            *([asyncio.create_task(self._listen_loop(), name="pgjobs-listen")] if self._listen_link else []),
             asyncio.create_task(self._fence_loop(), name="pgjobs-fence"),
             *([asyncio.create_task(self._reaper.run(), name="pgjobs-reaper")] if self._reaper else []),
             *([asyncio.create_task(self._scheduler.run(), name="pgjobs-scheduler")] if self._scheduler else []),
@@ -360,6 +370,11 @@ class Worker:
             "worker %s started: queues %s, concurrency %d, %s executor, tasks %s",
             self.id, ",".join(self.queues), self.concurrency, self.executor, ", ".join(sorted(self.tasks)) or "none",
         )  # fmt: skip
+        if self._listen_link is None:
+            logger.info(
+                "behind a transaction pooler without a listen DSN: polling every %g s, cancels heard at heartbeats",
+                self.poll_interval,
+            )
         try:
             await self._until_stopping(exchange)
             await self._drain(exchange)
@@ -381,7 +396,8 @@ class Worker:
             except (TimeoutError, psycopg.Error) as exc:
                 logger.warning("could not record this worker's exit (%s); the reaper will mark it dead", exc)
             await self._pool.close()
-            await self._listen_link.close()
+            if self._listen_link is not None:
+                await self._listen_link.close()
             self._remove_signal_handlers(handle_signals)
             logger.info("worker %s stopped", self.id)
 
@@ -656,7 +672,7 @@ class Worker:
             self._beat_now.set()
 
     async def _listen_loop(self) -> None:
-        assert self._wake is not None
+        assert self._wake is not None and self._listen_link is not None
         while True:
             try:
                 conn = await self._listen_link.get()

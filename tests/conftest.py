@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures", "tests.cluster", "tests.partition"]
+pytest_plugins = ["tests.fixtures", "tests.cluster", "tests.partition", "tests.pgbouncer"]

@@ -126,6 +126,19 @@ def test_sessions_die_with_their_host_unless_the_dsn_says_otherwise(monkeypatch:
         session_params("host=db")
 
 
+def test_behind_a_transaction_pooler_sessions_carry_no_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PGJOBS_DEAD_PEER_TIMEOUT", raising=False)
+    monkeypatch.setenv("PGJOBS_POOLED", "1")
+    pooled = session_params("host=bouncer")
+    assert "options" not in pooled and pooled["prepare_threshold"] is None
+    assert pooled["keepalives_idle"] == "10"  # the client's own end still gives up on a dead peer
+    direct = session_params("host=db", direct=True)  # a listen DSN that bypasses the pooler
+    assert "prepare_threshold" not in direct and "-c tcp_user_timeout=30000" in direct["options"]
+    monkeypatch.setenv("PGJOBS_POOLED", "maybe")
+    with pytest.raises(pgjobs.ConfigurationError, match="PGJOBS_POOLED"):
+        session_params("host=db")
+
+
 def test_transient_errors_are_told_from_mistakes() -> None:
     assert transient(psycopg.OperationalError("connection lost"))  # no SQLSTATE: the connection failed
     for cls in (ReadOnlySqlTransaction, TooManyConnections, AdminShutdown, SerializationFailure, DeadlockDetected):
