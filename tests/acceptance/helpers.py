@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -17,10 +18,11 @@ class Process:
     """`python -m pgjobs ARGS` from the repository root (so tests.acceptance.tasks imports),
     its output kept in a temporary file so that a chatty process never blocks on a pipe."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> None:
+        """``prefix``: a command that runs it (``ip netns exec HOST``)."""
         self._out: IO[str] = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by close()
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "pgjobs", *args],
+            [*prefix, sys.executable, "-m", "pgjobs", *args],
             cwd=ROOT,
             env={**os.environ, **(env or {})},
             stdout=self._out,
