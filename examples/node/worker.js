@@ -379,17 +379,18 @@ async function execute (run) {
     }
     outcome = { kind: 'complete', result: encoded }
   } catch (err) {
-    outcome = {
-      lost: null, // not ours any more: record nothing
-      abort: { kind: 'fail', error: STOPPED.abort }, // a reaper kill keeps the reaper's reason
-      fenced: { kind: 'fail', error: `given up by worker ${workerId}: it could not prove it is alive` },
-      shutdown: { kind: 'release' } // back to the queue, the attempt not counted
-    }[run.reason] ?? {
-      kind: 'fail',
-      error: (err instanceof NotRetryable ? err.message : String(err?.stack ?? err)).replaceAll('\0', '\\0'),
-      retry: !(err instanceof NotRetryable)
+    if (run.reason === null) { // the task threw: another attempt, unless none can mend it (NUL escaped)
+      const error = err instanceof NotRetryable ? err.message : String(err?.stack ?? err)
+      outcome = { kind: 'fail', error: error.replaceAll('\0', '\\0'), retry: !(err instanceof NotRetryable) }
+    } else { // the worker stopped the run
+      log('INFO', `job ${job.id} ${job.task} stopped: ${STOPPED[run.reason]}`)
+      outcome = {
+        lost: null, // not ours any more: record nothing
+        abort: { kind: 'fail', error: STOPPED.abort }, // a reaper kill keeps the reaper's reason
+        fenced: { kind: 'fail', error: `given up by worker ${workerId}: it could not prove it is alive` },
+        shutdown: { kind: 'release' } // back to the queue, the attempt not counted
+      }[run.reason]
     }
-    if (run.reason !== null) log('INFO', `job ${job.id} ${job.task} stopped: ${STOPPED[run.reason]}`)
   }
   if (runs.get(job.id) === run) runs.delete(job.id)
   if (outcome !== null) outbox.push({ ...outcome, job, ms: performance.now() - began })

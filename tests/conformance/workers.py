@@ -92,7 +92,7 @@ def as_url(dsn: str) -> str:
         params["host"] = host
         if port:
             params["port"] = port
-    query = f"?{urlencode(params)}" if params else ""
+    query = f"?{urlencode(params, quote_via=quote)}" if params else ""
     return f"postgresql://{auth}{netloc}/{quote(dbname, safe='')}{query}"
 
 
