@@ -337,12 +337,19 @@ BEGIN
     END LOOP;
 
     -- Days ahead: made as plain tables, filled with the rows of that day waiting in
-    -- jobs_done_other, then attached (which locks jobs_done only against other DDL).
+    -- jobs_done_other, then attached (which locks jobs_done only against other DDL). Two passes at
+    -- once (reap() beside a leader's reap_as) may both find a day missing: the second's CREATE
+    -- waits for the first to commit and fails, and that day is left to the first.
     FOR i IN 0 .. ahead LOOP
         day := today + make_interval(days => i);
         part := 'jobs_done_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD');
         CONTINUE WHEN to_regclass('pgjobs.' || part) IS NOT NULL;
-        EXECUTE format('CREATE TABLE pgjobs.%I (LIKE pgjobs.jobs_done INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', part);
+        BEGIN
+            EXECUTE format('CREATE TABLE pgjobs.%I (LIKE pgjobs.jobs_done INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                           part);
+        EXCEPTION WHEN duplicate_table OR unique_violation THEN
+            CONTINUE;
+        END;
         EXECUTE format('WITH moved AS (DELETE FROM pgjobs.jobs_done_other o WHERE o.expires_at >= %L AND o.expires_at < %L '
                        'RETURNING o.*) INSERT INTO pgjobs.%I SELECT * FROM moved',
                        day, day + interval '1 day', part);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from typing import Any
 
@@ -221,6 +222,33 @@ def test_finished_jobs_move_to_history_and_stay_readable(conn: Conn) -> None:
     assert now[c] == ("pgjobs.jobs_live", "active", False)
     assert job(conn, a)["result"] == {"x": 1} and job(conn, b)["error"] == "no"
     assert one(conn, "SELECT expires_at - completed_at FROM pgjobs.jobs WHERE id = %s", [a]) == dt.timedelta(hours=1)
+
+
+def test_two_reaper_passes_at_once_make_the_coming_days_of_history_once(dsn: str, conn: Conn) -> None:
+    conn.execute("SELECT * FROM pgjobs.reap()")
+    days = [r["relname"] for r in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'pgjobs.jobs_done'::regclass AND c.relname ~ '^jobs_done_[0-9]{8}$' ORDER BY 1"
+    )]  # fmt: skip
+    conn.execute(f"DROP TABLE pgjobs.{days[-1]}")  # a new day to make, as after midnight
+    with psycopg.connect(dsn) as first, psycopg.connect(dsn, autocommit=True) as second:
+        first.execute("SELECT * FROM pgjobs.reap()")  # makes the day, its transaction still open
+        outcome: list[BaseException | None] = []
+
+        def reap() -> None:
+            try:
+                second.execute("SELECT * FROM pgjobs.reap()")
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        other = threading.Thread(target=reap)
+        other.start()
+        time.sleep(0.5)  # the second pass waits for the first
+        first.commit()
+        other.join(10)
+    assert outcome == [None]  # no unique_violation from making the same day twice
+    assert conn.execute("SELECT to_regclass(%s) IS NOT NULL AS made", [f"pgjobs.{days[-1]}"]).fetchone()["made"]
 
 
 def test_retention_drops_past_days_and_deletes_what_is_not_kept(conn: Conn) -> None:
