@@ -20,6 +20,7 @@ so that no run of its overlaps the re-run another worker may be given.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import getpass
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg.rows import tuple_row
+from psycopg.types.json import Jsonb
 
 from . import _database, _sql, migrations
 from ._executors import ProcessPool, TaskFailed, run_in_thread
@@ -187,6 +189,8 @@ class Worker:
         self.max_memory_per_child = max_memory_per_child
         self.kill_grace = kill_grace
         self._processes: ProcessPool | None = None
+        # What this worker counts of itself, sent with each heartbeat (workers.stats).
+        self._stats: collections.Counter[str] = collections.Counter()
         # job id -> how its child process ended, for a run the process executor stopped.
         self._kill_notes: dict[int, str] = {}
         self._outage = _database.Outage(logger)
@@ -425,7 +429,7 @@ class Worker:
         self._processes = ProcessPool(
             modules, max_jobs_per_child=self.max_jobs_per_child,
             max_memory_mb=self.max_memory_per_child, kill_grace=self.kill_grace,
-            on_restart=self.metrics.restarted if self.metrics is not None else None,
+            on_restart=self._child_restarted,
         )  # fmt: skip
         await self._processes.start()
 
@@ -616,7 +620,10 @@ class Worker:
                 await asyncio.wait_for(self._beat_now.wait(), max(0.0, self.heart_rate - (time.monotonic() - began)))
 
     def _beat_params(self) -> dict[str, Any]:
-        return {"id": self.id, "job_ids": list(self._held), "attempts": list(self._held.values())}
+        return {
+            "id": self.id, "job_ids": list(self._held), "attempts": list(self._held.values()),
+            "stats": Jsonb(dict(self._stats)),
+        }  # fmt: skip
 
     def _on_heartbeat(self, row: _database.Row) -> None:
         if row["status"] == "stopping" and not self._stopping:
@@ -847,8 +854,14 @@ class Worker:
             self.metrics.observe(o.job.queue, o.job.task, outcome, o.seconds)
 
     def _count_kill(self, task: Task[..., Any] | None, reason: str) -> None:
+        self._stats["kills"] += 1
         if self.metrics is not None and task is not None:
             self.metrics.killed(self._executor_of(task), reason)
+
+    def _child_restarted(self, reason: str) -> None:
+        self._stats["child_restarts"] += 1
+        if self.metrics is not None:
+            self.metrics.restarted(reason)
 
     @staticmethod
     def _log_failure(o: _Outcome, status: str | None) -> None:

@@ -20,7 +20,7 @@ FROM pgjobs.workers w GROUP BY 1 ORDER BY 1;
 -- name: dashboard_workers
 -- Workers, running ones first then newest, with liveness, heartbeat age and the jobs they run.
 SELECT w.id, w.hostname, w.pid, w.os_user, w.queues, w.concurrency, w.heart_rate, w.status, w.started_at,
-       w.heartbeat_at, w.stopped_at, pgjobs.worker_is_alive(w.id) AS alive,
+       w.heartbeat_at, w.stopped_at, pgjobs.worker_is_alive(w.id) AS alive, w.stats,
        extract(epoch FROM now() - w.heartbeat_at)::double precision AS heartbeat_age,
        ARRAY(SELECT j.id FROM pgjobs.jobs j
              WHERE j.worker_id = w.id AND j.status IN ('active', 'aborting') AND j.expires_at IS NULL

@@ -180,7 +180,7 @@ SELECT pgjobs.worker_register(%(id)s, %(hostname)s, %(pid)s, %(os_user)s, %(queu
 
 -- name: worker_heartbeat
 -- One heartbeat: touches the worker's runs; returns its status and the runs to abort or drop.
-SELECT * FROM pgjobs.worker_heartbeat(%(id)s, %(job_ids)s::bigint[], %(attempts)s::integer[]);
+SELECT * FROM pgjobs.worker_heartbeat(%(id)s, %(job_ids)s::bigint[], %(attempts)s::integer[], %(stats)s::jsonb);
 
 -- name: worker_stopped
 -- Record a clean exit.

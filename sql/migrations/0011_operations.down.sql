@@ -1,2 +1,4 @@
--- 0011 operations, undone: the chart's index goes; the role stays (other databases may use it).
+-- 0011 operations, undone: the chart's index and the workers' stats go; the role stays (other
+-- databases may use it).
 DROP INDEX pgjobs.jobs_done_completed_at_idx;
+ALTER TABLE pgjobs.workers DROP COLUMN stats;

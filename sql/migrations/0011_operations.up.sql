@@ -1,4 +1,5 @@
--- 0011 operations: a role for operators (pgjobs_admin) and the index the dashboard's chart reads.
+-- 0011 operations: a role for operators (pgjobs_admin), workers' own counts, and the index the
+-- dashboard's chart reads.
 
 -- pgjobs_admin: everything pgjobs_worker may do, and the verbs that change jobs and queues on an
 -- operator's word (retry, delete, bulk retry and cancel, queue settings, run a schedule now), which
@@ -13,6 +14,11 @@ EXCEPTION WHEN insufficient_privilege THEN
                   'create it and run pgjobs.harden() to grant it its rights';
 END;
 $$;
+
+-- What a worker counts of itself, sent with its heartbeats (see worker_heartbeat): e.g. runs it
+-- killed and child processes it replaced, for the dashboard.
+ALTER TABLE pgjobs.workers ADD COLUMN stats jsonb NOT NULL DEFAULT '{}'
+    CHECK (jsonb_typeof(stats) = 'object' AND pg_column_size(stats) <= 8192);
 
 -- The dashboard and pgjobs.finished_per_minute: jobs finished in the last minutes, in history
 -- too. One more index entry a job the reaper moves.

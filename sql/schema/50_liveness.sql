@@ -35,8 +35,10 @@ $$;
 -- ids with the attempt each one claimed), all in one statement each. Returns the worker's status
 -- (stopping: it was asked to stop), the runs it must stop because they are aborting, and the
 -- runs that are no longer its own (reset by the reaper, maybe running elsewhere).
--- A worker marked dead that beats again is running again; its old runs are lost.
-CREATE OR REPLACE FUNCTION pgjobs.worker_heartbeat(worker_id text, job_ids bigint[] DEFAULT '{}', attempts integer[] DEFAULT '{}')
+-- A worker marked dead that beats again is running again; its old runs are lost. stats, when
+-- given, replaces what the worker counts of itself (a JSON object, shown by the dashboard).
+CREATE OR REPLACE FUNCTION pgjobs.worker_heartbeat(worker_id text, job_ids bigint[] DEFAULT '{}', attempts integer[] DEFAULT '{}',
+                                                    stats jsonb DEFAULT NULL)
 RETURNS TABLE (status pgjobs.worker_status, abort bigint[], lost bigint[])
 LANGUAGE plpgsql
 -- Rows by id through the primary key, whatever statistics the plan was made with (see dequeue).
@@ -45,9 +47,13 @@ SET enable_seqscan = off AS $$
 DECLARE
     s pgjobs.worker_status;
 BEGIN
+    IF jsonb_typeof(worker_heartbeat.stats) <> 'object' OR pg_column_size(worker_heartbeat.stats) > 8192 THEN
+        PERFORM pgjobs._refuse('stats', 'must be a JSON object of at most 8192 bytes');
+    END IF;
     UPDATE pgjobs.workers w
     SET heartbeat_at = now(),
-        status = CASE WHEN w.status = 'dead' THEN 'running'::pgjobs.worker_status ELSE w.status END
+        status = CASE WHEN w.status = 'dead' THEN 'running'::pgjobs.worker_status ELSE w.status END,
+        stats = coalesce(worker_heartbeat.stats, w.stats)
     WHERE w.id = worker_heartbeat.worker_id
     RETURNING w.status INTO s;
     IF NOT FOUND THEN

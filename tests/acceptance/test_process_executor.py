@@ -132,6 +132,11 @@ def test_crashes_and_memory_fail_only_their_run_and_the_worker_goes_on(dsn: str,
         assert 'pgjobs_worker_child_restarts_total{reason="crashed"} 2.0' in text
         assert 'pgjobs_worker_child_restarts_total{reason="memory"} 1.0' in text
         assert 'pgjobs_worker_kills_total{executor="process",reason="memory"} 1.0' in text
+        # The same totals reach the database with the next heartbeat, for the dashboard.
+        wait_until(
+            lambda: query(dsn, "SELECT stats FROM pgjobs.workers")[0]["stats"] == {"kills": 1, "child_restarts": 3},
+            10, "the worker's stats in its row",
+        )  # fmt: skip
         w.signal(signal.SIGTERM)
         assert w.wait(timeout=15) == 0, w.output()
         assert "Segmentation fault" in w.output()  # the child's faulthandler, in the worker's log

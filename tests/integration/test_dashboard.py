@@ -111,6 +111,7 @@ def test_each_page_renders_with_real_jobs(conn: Conn, dashboard: Callable[..., C
     running = enqueue(conn, "video.encode")
     assert run(conn) == running
     conn.execute("SELECT pgjobs.touch(%s, 1, 0.25)", [running])
+    conn.execute("""SELECT * FROM pgjobs.worker_heartbeat('w', stats => '{"kills": 7, "child_restarts": 9}')""")
     conn.execute("SELECT pgjobs.schedule('nightly', 'report.build', cron => '0 3 * * *')")
     conn.execute("SELECT * FROM pgjobs.reap()")  # finished jobs move to history
     d = dashboard()
@@ -127,6 +128,7 @@ def test_each_page_renders_with_real_jobs(conn: Conn, dashboard: Callable[..., C
     assert "&#34;rows&#34;: 42" in d.get(f"/jobs/{done}").text
     workers = d.get("/workers")
     assert "host-a" in workers.text and f">{running}</a>" in workers.text and "Stop" in workers.text
+    assert '<td class="n">7</td><td class="n">9</td>' in workers.text  # kills, child restarts
     assert "nightly" in d.get("/schedules").text
     assert d.get("/jobs/999999").status_code == 404
 

@@ -75,6 +75,16 @@ def test_a_heartbeat_from_an_unknown_worker_is_an_error(conn: Conn) -> None:
         beat(conn, "nobody", [])
 
 
+def test_a_heartbeat_stores_what_the_worker_counts_of_itself(conn: Conn) -> None:
+    conn.execute("SELECT pgjobs.worker_register('w1', 'h', 1, 'u', '{default}', 4, 5)")
+    conn.execute("""SELECT * FROM pgjobs.worker_heartbeat('w1', stats => '{"kills": 2}')""")
+    conn.execute("SELECT * FROM pgjobs.worker_heartbeat('w1')")  # no stats: kept as they were
+    assert conn.execute("SELECT stats FROM pgjobs.workers").fetchone()["stats"] == {"kills": 2}
+    for bad in ("[1]", '{"x": "%s"}' % ("y" * 9000)):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="pgjobs: stats"):
+            conn.execute("SELECT * FROM pgjobs.worker_heartbeat('w1', stats => %s::jsonb)", [bad])
+
+
 def test_is_alive_follows_the_heartbeat_and_the_grace_multiplier(conn: Conn) -> None:
     register(conn, "w1", heart_rate=10)
     assert one(conn, "SELECT pgjobs.worker_is_alive('w1')") is True
