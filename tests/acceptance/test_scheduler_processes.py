@@ -24,7 +24,7 @@ def test_five_schedulers_on_a_one_second_cron_fire_every_tick_once(dsn: str, tmp
         for _ in range(5)
     ]  # fmt: skip
     try:
-        time.sleep(30)
+        time.sleep(15)  # five schedulers contend for each of some 13 ticks once they all run
         for w in workers:
             w.signal(signal.SIGTERM)
         assert [w.wait(timeout=30) for w in workers] == [0] * 5, [w.output() for w in workers]
@@ -37,7 +37,7 @@ def test_five_schedulers_on_a_one_second_cron_fire_every_tick_once(dsn: str, tmp
             """SELECT (meta->>'tick')::timestamptz AS tick, count(*) AS n FROM pgjobs.jobs
                WHERE meta->>'schedule' = 'every-second' GROUP BY 1 ORDER BY 1"""
         ).fetchall()
-    assert len(ticks) >= 25, len(ticks)
+    assert len(ticks) >= 10, len(ticks)
     gaps = {b - a for a, b in itertools.pairwise(ticks)}
     assert gaps == {dt.timedelta(seconds=1)}, "a tick was skipped or fired off the schedule"
     assert [j["tick"] for j in jobs] == ticks and {j["n"] for j in jobs} == {1}, "a tick enqueued twice"

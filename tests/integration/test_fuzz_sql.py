@@ -101,7 +101,7 @@ def test_every_function_either_works_or_refuses_with_a_documented_error(dsn: str
         conn.execute("SELECT pgjobs.enqueue('seed', group_key => 'g'), pgjobs.enqueue('seed2', key => 'k')")
         conn.execute("SELECT pgjobs.schedule('w1', 'seed', every => 60)")
 
-        @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
         @given(params=strategy)
         def check(params: tuple[Any, ...]) -> None:
             before = snapshot(conn)

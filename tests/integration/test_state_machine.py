@@ -117,4 +117,4 @@ class QueueMachine(RuleBasedStateMachine):
 
 def test_no_sequence_of_operations_breaks_groups_or_loses_a_job(dsn: str) -> None:
     QueueMachine.dsn = dsn
-    run_state_machine_as_test(QueueMachine, settings=settings(max_examples=40, stateful_step_count=40, deadline=None))
+    run_state_machine_as_test(QueueMachine, settings=settings(max_examples=25, stateful_step_count=40, deadline=None))
