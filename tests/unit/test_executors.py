@@ -63,6 +63,10 @@ def test_a_cancelled_thread_run_gets_job_cancelled_and_a_blocked_one_is_left_beh
 
     assert asyncio.run(cancel_after(spin, 0.1, 5)) < 2  # waited for the thread, which ended at once
     assert heard == ["stopped here"]
+    # The thread is on its last lines once the run's result is in: give it a moment to end.
+    for t in threading.enumerate():
+        if t.name == "unit-run":
+            t.join(2)
     assert not any(t.name == "unit-run" for t in threading.enumerate())
     # A thread in time.sleep hears of it only when the sleep returns: the wait gives up at the grace.
     took = asyncio.run(cancel_after(lambda: time.sleep(1.5), 0.1, 0.2))
