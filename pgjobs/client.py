@@ -253,12 +253,14 @@ def _enqueue_many_call(requests: Iterable[JobRequest]) -> Call[list[int]]:
     return Call(_sql.query("job_enqueue_arrays"), params, _ids)
 
 
-def _cancel_call(job_id: int) -> Call[JobStatus | None]:
-    def parse(rows: list[_database.Row]) -> JobStatus | None:
-        status = rows[0]["status"]
-        return JobStatus(status) if status is not None else None
+def _status(rows: list[_database.Row]) -> JobStatus | None:
+    """The status a call returns for one job, None for a job it did not act on."""
+    status = rows[0]["status"]
+    return JobStatus(status) if status is not None else None
 
-    return Call(_sql.query("job_cancel"), {"id": job_id}, parse)
+
+def _cancel_call(job_id: int) -> Call[JobStatus | None]:
+    return Call(_sql.query("job_cancel"), {"id": job_id}, _status)
 
 
 def enqueue(task: str | TaskRef, /, *args: Any, conn: Connection | None = None, **kwargs: Any) -> Job:
@@ -363,10 +365,7 @@ async def drain_async(
 
 
 def _retry_call(job_id: int) -> Call[JobStatus | None]:
-    def parse(rows: list[_database.Row]) -> JobStatus | None:
-        return JobStatus(rows[0]["status"]) if rows[0]["status"] is not None else None
-
-    return Call(_sql.query("job_retry"), {"id": job_id}, parse)
+    return Call(_sql.query("job_retry"), {"id": job_id}, _status)
 
 
 def retry(job_id: int, *, conn: Connection | None = None) -> JobStatus | None:
