@@ -70,15 +70,18 @@ def test_the_completion_of_a_reset_run_changes_nothing(one: Fleet, tmp_path: Pat
     wait_until(lambda: query(one.dsn, "SELECT pgjobs.worker_is_alive(%s) AS a", [worker.id])[0]["a"], 10, "revival")
 
 
-def test_kill_9_gets_the_runs_reset_and_finished_by_another_worker(fleet: Fleet) -> None:
+def test_kill_9_gets_the_runs_reset_and_finished_by_another_worker(fleet: Fleet, tmp_path: Path) -> None:
+    # The runs last until the gate opens after the kill: however slow the survivor is to start,
+    # the doomed worker dies mid-run.
+    gate = tmp_path / "gate"
+    sleep = {"task": "conformance.sleep", "args": {"seconds": 60, "gate": str(gate)}, "retry_delay": 0}
     doomed = fleet.start().registered()
-    ids = enqueue(
-        fleet.dsn, *({"task": "conformance.sleep", "args": {"seconds": 1}, "retry_delay": 0} for _ in range(2))
-    )
+    ids = enqueue(fleet.dsn, sleep, sleep)
     wait_until(lambda: all(started(fleet.log_dir, i) for i in ids), 10, "the runs")
     survivor = fleet.start().registered()
     doomed.signal(signal.SIGKILL)
     doomed.popen.wait(timeout=10)
+    gate.touch()
 
     # The reaper declares the worker dead once it missed 2.1 heart rates (database clock); the
     # survivor's own reaper may be first.
@@ -93,7 +96,7 @@ def test_kill_9_gets_the_runs_reset_and_finished_by_another_worker(fleet: Fleet)
     for job_id in ids:
         row = rows[job_id]
         assert (row["status"], row["attempts"], row["worker_id"]) == ("complete", 2, survivor.id), row
-        assert row["result"] == {"slept": 1, "attempt": 2}
+        assert row["result"] == {"slept": 60, "attempt": 2}
     runs = runs_by_job(fleet.log_dir)
     for job_id in ids:
         assert [(r.attempt, r.pid, r.how) for r in runs[job_id]] == [
