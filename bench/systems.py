@@ -12,6 +12,7 @@ worker per process with the asked concurrency.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import subprocess
@@ -354,4 +355,12 @@ if __name__ == "__main__":
     _, command, system, dsn, concurrency = sys.argv
     assert command == "worker"
     runner = type(SYSTEMS[system])
-    asyncio.run(runner.work(dsn, int(concurrency)))  # type: ignore[attr-defined]
+    work = runner.work(dsn, int(concurrency))  # type: ignore[attr-defined]
+    # Each peer's worker on the event loop its own command picks: PgQueuer's `pgq run` takes uvloop
+    # when installed (pgjobs worker does too); procrastinate's runs asyncio's.
+    if system == "pgqueuer" and importlib.util.find_spec("uvloop") is not None:
+        import uvloop
+
+        uvloop.run(work)
+    else:
+        asyncio.run(work)

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -60,6 +60,7 @@ def _serve_metrics(port: int, dsn: str) -> Any:
 # -- commands ---------------------------------------------------------------------------------------
 def _worker(args: argparse.Namespace) -> int:
     sys.path.insert(0, os.getcwd())  # like `python -m`: task modules next to the caller import
+    loop_factory = _loop_factory(args.loop)
     if args.pooled:
         os.environ["PGJOBS_POOLED"] = "1"  # every connection of this process, the pools' included
     modules = tasks.load(args.modules)
@@ -84,8 +85,22 @@ def _worker(args: argparse.Namespace) -> int:
         kill_grace=args.kill_grace,
         listen_dsn=args.listen_dsn,
     )
-    asyncio.run(worker.run(handle_signals=True))
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(worker.run(handle_signals=True))
     return 0
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The worker's event loop: uvloop (pgjobs[fast]) when asked, or by default when installed."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigurationError("--loop uvloop: uvloop is not installed (pip install 'pgjobs[fast]')") from None
+        return None
+    return uvloop.new_event_loop
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -521,6 +536,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--kill-grace", type=float, default=2.0, metavar="SECONDS",
         help="seconds a stopped run's child gets between SIGTERM and SIGKILL, and its thread to end (default 2)",
+    )  # fmt: skip
+    c.add_argument(
+        "--loop", choices=["auto", "asyncio", "uvloop"], default=os.environ.get("PGJOBS_LOOP", "auto"),
+        help="event loop: uvloop (pgjobs[fast]), asyncio's own, or auto: uvloop "
+        "when installed (also PGJOBS_LOOP; default auto)",
     )  # fmt: skip
     c.add_argument(
         "--pooled", action="store_true",

@@ -371,8 +371,10 @@ class Worker:
         ]
         exchange = asyncio.create_task(self._exchange_loop(), name="pgjobs-exchange")
         logger.info(
-            "worker %s started: queues %s, concurrency %d, %s executor, tasks %s",
-            self.id, ",".join(self.queues), self.concurrency, self.executor, ", ".join(sorted(self.tasks)) or "none",
+            "worker %s started: queues %s, concurrency %d, %s executor, %s event loop, tasks %s",
+            self.id, ",".join(self.queues), self.concurrency, self.executor,
+            type(asyncio.get_running_loop()).__module__.partition(".")[0],
+            ", ".join(sorted(self.tasks)) or "none",
         )  # fmt: skip
         if self._listen_link is None:
             logger.info(

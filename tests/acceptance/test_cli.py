@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from .helpers import run_cli
+from .helpers import Process, run_cli
 
 pytestmark = pytest.mark.acceptance
 
@@ -36,6 +38,32 @@ def test_a_missing_schema_names_the_command_that_fixes_it(empty_dsn: str) -> Non
     assert_one_clear_line(result, "pgjobs migrate")
     assert run_cli("migrate", "--dsn", empty_dsn).returncode == 0
     assert "nothing to do" in run_cli("migrate", "--dsn", empty_dsn).stdout
+
+
+def started_line(worker: Process, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = next((ln for ln in worker.output().splitlines() if " started: " in ln), None)
+        if line:
+            return line
+        assert worker.popen.poll() is None, worker.output()
+        time.sleep(0.1)
+    raise AssertionError(f"the worker did not start within {timeout} s: {worker.output()}")
+
+
+def test_the_worker_takes_uvloop_when_installed_and_says_when_it_is_not(dsn: str, tmp_path: Path) -> None:
+    with Process("worker", "tests.acceptance.tasks", "--dsn", dsn) as worker:
+        assert "uvloop event loop" in started_line(worker)
+    # Where uvloop cannot be imported, auto falls back to asyncio's loop and --loop uvloop refuses.
+    hidden = tmp_path / "uvloop"
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text("raise ImportError('not on this machine')\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    assert_one_clear_line(
+        run_cli("worker", "tests.acceptance.tasks", "--dsn", dsn, "--loop", "uvloop", env=env), "pgjobs[fast]"
+    )
+    with Process("worker", "tests.acceptance.tasks", "--dsn", dsn, env=env) as worker:
+        assert "asyncio event loop" in started_line(worker)
 
 
 def test_enqueue_show_and_cancel_a_job(dsn: str) -> None:

@@ -59,10 +59,12 @@ def test_four_workers_run_every_job_once_and_keep_groups_exclusive(dsn: str, tmp
         conn.execute("SELECT pgjobs.enqueue_many(%s)", [Jsonb(jobs)])
 
     env = {"PGJOBS_ACCEPTANCE_LOG": str(tmp_path)}
+    # Both event loops in one fleet: uvloop (pgjobs[fast], the default when installed) and asyncio's.
     workers = [
-        Process("--log-level", "warning", "worker", "tests.acceptance.tasks", "--dsn", dsn, "-c", "20", env=env)
-        for _ in range(4)
-    ]
+        Process("--log-level", "warning", "worker", "tests.acceptance.tasks", "--dsn", dsn, "-c", "20",
+                "--loop", loop, env=env)
+        for loop in ("uvloop", "asyncio", "uvloop", "asyncio")
+    ]  # fmt: skip
     try:
         wait_until_done(dsn, len(jobs), timeout=240)
         codes = stop(workers)
