@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import IO, Any, TypeVar
 
-from . import tasks
+from . import _tracing, tasks
 from .errors import ConfigurationError, JobCancelled, PgjobsError
 from .job import Job, JobStatus, json_text
 
@@ -266,7 +266,8 @@ class ProcessPool:
         child = await self._take()
         self._busy.add(child)
         try:
-            child.send({"task": task, "args": job.args, "job": _job_fields(job) if pass_job else None})
+            request = {"task": task, "args": job.args, "job": _job_fields(job) if pass_job else None}
+            child.send({**request, "trace": context} if (context := _tracing.carrier()) else request)
             while "update" in (reply := await child.receive()):
                 child.send(await self._touch(touch, reply["update"]))
         except asyncio.CancelledError:
@@ -518,6 +519,7 @@ def _run(link: _Link, request: dict[str, Any]) -> bytes:
             link.bind(job)
             leading = (job,)
         args = request["args"]
+        _tracing.adopt(request.get("trace"))
         result = task.func(*leading, *args) if isinstance(args, list) else task.func(*leading, **args)
         if inspect.isawaitable(result):
             result = asyncio.run(_awaited(result))

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from psycopg.types.json import Jsonb
 
-from . import _database, _sql, migrations
+from . import _database, _sql, _tracing, migrations
 from ._calls import AsyncConnection, Call, Connection, run, run_async
 from ._calls import close as close
 from ._calls import close_async as close_async
@@ -285,21 +285,33 @@ def enqueue(task: str | TaskRef, /, *args: Any, conn: Connection | None = None, 
         waits (status ``waiting``) until then, and is aborted if one of them fails or is aborted.
         In enqueue_many(), JobRequests of the same call may be named too.
     """
-    return run(_enqueue_call(job(task, *args, **kwargs)), conn)
+    request = job(task, *args, **kwargs)
+    if (tracer := _tracing.tracer()) is not None:
+        return _tracing.send_one(tracer, request, lambda sent: run(_enqueue_call(sent), conn))
+    return run(_enqueue_call(request), conn)
 
 
 async def enqueue_async(task: str | TaskRef, /, *args: Any, conn: AsyncConnection | None = None, **kwargs: Any) -> Job:
     """The async twin of enqueue()."""
-    return await run_async(_enqueue_call(job(task, *args, **kwargs)), conn)
+    request = job(task, *args, **kwargs)
+    if (tracer := _tracing.tracer()) is not None:
+        return await _tracing.send_one_async(tracer, request, lambda sent: run_async(_enqueue_call(sent), conn))
+    return await run_async(_enqueue_call(request), conn)
 
 
 def enqueue_many(jobs: Iterable[JobRequest], *, conn: Connection | None = None) -> list[int]:
     """Enqueue many jobs (built with ``pgjobs.job()``) in one round trip; returns their ids in order."""
+    if (tracer := _tracing.tracer()) is not None:
+        return _tracing.send_many(tracer, list(jobs), lambda sent: run(_enqueue_many_call(sent), conn))
     return run(_enqueue_many_call(jobs), conn)
 
 
 async def enqueue_many_async(jobs: Iterable[JobRequest], *, conn: AsyncConnection | None = None) -> list[int]:
     """The async twin of enqueue_many()."""
+    if (tracer := _tracing.tracer()) is not None:
+        return await _tracing.send_many_async(
+            tracer, list(jobs), lambda sent: run_async(_enqueue_many_call(sent), conn)
+        )
     return await run_async(_enqueue_many_call(jobs), conn)
 
 

@@ -41,7 +41,7 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
-from . import _database, _sql, migrations
+from . import _database, _sql, _tracing, migrations
 from ._executors import ProcessPool, TaskFailed, run_in_thread
 from .errors import ArgumentError, ConfigurationError, DatabaseUnavailable, JobException
 from .job import Job, to_json, without_nul
@@ -339,6 +339,7 @@ class Worker:
     async def run(self, *, handle_signals: bool = False) -> None:
         """Process jobs until stop() (or, with handle_signals, SIGTERM or SIGINT)."""
         self._loop = asyncio.get_running_loop()
+        _tracing.refresh()  # a tracer provider set since the last look is used from the first job
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._claims_over = asyncio.Event()
@@ -726,6 +727,7 @@ class Worker:
 
     async def _execute(self, job: Job) -> None:
         started = time.perf_counter()
+        traced = _tracing.process(job, self.id)  # None unless tracing is on
         outcome: _Outcome | None
         try:
             task = self.tasks.get(job.task)
@@ -775,8 +777,11 @@ class Worker:
                 self._count_kill(task, exc.killed)
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=exc.error, retry=exc.retry)
         except BaseException as exc:  # a task's SystemExit must not leave its job active
+            _tracing.failed(traced, exc)
             error = "".join(traceback.format_exception(exc)).replace("\x00", "\\x00")  # text cannot hold NUL
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=error)
+        if traced is not None:
+            _tracing.processed(traced, outcome, self._stop_reason)
         if outcome is not None:
             self._outbox.append(outcome)
             assert self._wake is not None
