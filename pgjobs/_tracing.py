@@ -220,13 +220,13 @@ def process(job: Job, worker_id: str) -> Run | None:
     SQL, or enqueued while tracing was off) starts a new trace. Where the worker itself runs under
     a span (embedded in an application), that span is linked, never the parent.
     """
+    t = tracer()
+    if t is None:
+        return None
     from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
     from opentelemetry.trace import Link, SpanKind
 
-    t = tracer()
-    if t is None:
-        return None
     carried = job.meta.get(META_KEY)
     extracted = propagate.extract(carried) if isinstance(carried, Mapping) else None
     creation = trace.get_current_span(extracted).get_span_context() if extracted is not None else None
