@@ -149,9 +149,16 @@ def test_a_failed_run_has_the_error_status_and_a_job_from_sql_starts_a_trace(
         in_child = pgjobs.enqueue("traced.process_boom", retries=0)
     ours = [span_record(s) for s in exporter.get_finished_spans()]
     (row,) = query(env_dsn, "SELECT pgjobs.enqueue('traced.async', '[\"sql\"]') AS id")
+    # A producer in another language passes its context in meta.
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    (other,) = query(
+        env_dsn,
+        "SELECT pgjobs.enqueue('traced.async', '[\"other\"]', meta => %s) AS id",
+        [json.dumps({"otel": {"traceparent": parent}})],
+    )
 
     spans = tmp_path / "spans.jsonl"
-    run_worker(env_dsn, spans, jobs=3)
+    run_worker(env_dsn, spans, jobs=4)
     theirs = read_spans(spans)
     send = next(s for s in ours if s["attributes"].get("messaging.message.id") == str(failing.id))
     runs = sorted(
@@ -177,6 +184,8 @@ def test_a_failed_run_has_the_error_status_and_a_job_from_sql_starts_a_trace(
     run = process_span(theirs, row["id"])
     assert run["parent_id"] is None and run["links"] == [] and run["trace_id"] != send["trace_id"]
     assert run["status"] == "UNSET" and only(theirs, "work sql")["parent_id"] == run["span_id"]
+    run = process_span(theirs, other["id"])
+    assert (run["trace_id"], run["parent_id"]) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
 
 
 def test_nothing_is_recorded_or_stored_without_a_tracer_provider(env_dsn: str, tmp_path: Path) -> None:
