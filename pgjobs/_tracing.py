@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from opentelemetry import context as otel_context
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span, SpanContext, Tracer
 
     from .client import JobRequest
     from .job import Job
@@ -89,7 +89,7 @@ def _failed(span: Span, exc: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR, str(exc) or _type_name(type(exc))))
 
 
-def _creation_context(meta: Mapping[str, Any] | None) -> Any:
+def _creation_context(meta: Mapping[str, Any] | None) -> SpanContext | None:
     """The span context a job's meta carries, or None."""
     from opentelemetry import propagate, trace
 
@@ -299,12 +299,14 @@ def processed(run: Run, outcome: Outcome | None, stop_reasons: Mapping[int, str]
     if error is not None:
         error_type = run.error_type
         summary = (error.strip().splitlines() or [name])[-1]
-        if error_type is None and name == "failed" and (found := _traceback_exception(error)) is not None:
-            error_type, summary = found
-            span.add_event(
-                "exception",
-                {"exception.type": error_type, "exception.message": summary, "exception.stacktrace": error},
-            )
+        if name == "failed" and (found := _traceback_exception(error)) is not None:
+            summary = found[1] or found[0]
+            if error_type is None:  # raised in a child process: only its traceback came back
+                error_type = found[0]
+                span.add_event(
+                    "exception",
+                    {"exception.type": error_type, "exception.message": found[1], "exception.stacktrace": error},
+                )
         span.set_attribute("error.type", error_type or name)
         span.set_status(Status(StatusCode.ERROR, summary))
     span.end()

@@ -173,11 +173,12 @@ def test_a_failed_run_has_the_error_status_and_a_job_from_sql_starts_a_trace(
         (event,) = run["events"]
         assert event["name"] == "exception" and event["attributes"]["exception.type"] == "ValueError"
         assert event["attributes"]["exception.message"] == "boom"
+        assert run["status_description"] == "boom"
     # Raised in a child process: known from its traceback.
     run = process_span(theirs, in_child.id)
     assert run["status"] == "ERROR" and run["attributes"]["error.type"] == "KeyError"
     (event,) = run["events"]
-    assert event["attributes"]["exception.message"] == "'gone'"
+    assert event["attributes"]["exception.message"] == run["status_description"] == "'gone'"
     assert "Traceback" in event["attributes"]["exception.stacktrace"]
 
     # Enqueued from SQL with no context: a root span, in a trace of its own, with its work inside.
@@ -207,3 +208,15 @@ def test_nothing_is_recorded_or_stored_without_a_tracer_provider(env_dsn: str, t
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "{'who': 'me'}", out.stderr
+
+
+def test_enqueue_many_keeps_dependencies_within_the_batch(env_dsn: str, exporter: InMemorySpanExporter) -> None:
+    first = pgjobs.job("traced.async", "first")
+    then = pgjobs.job("traced.async", "then", depends_on=[first])
+    ids = pgjobs.enqueue_many([first, then])
+    rows = query(env_dsn, "SELECT id, status, depends_on, meta FROM pgjobs.jobs ORDER BY id")
+    assert [r["id"] for r in rows] == ids and rows[1]["depends_on"] == [ids[0]] and rows[1]["status"] == "waiting"
+    (send,) = exporter.get_finished_spans()
+    assert send.context is not None
+    for r in rows:  # both carry the batch's send span as their creation context
+        assert r["meta"]["otel"]["traceparent"].split("-")[2] == format(send.context.span_id, "016x")

@@ -31,6 +31,7 @@ def span_record(span: object) -> dict[str, object]:
         "span_id": format(span.context.span_id, "016x"),
         "parent_id": format(span.parent.span_id, "016x") if span.parent is not None else None,
         "status": span.status.status_code.name,
+        "status_description": span.status.description,
         "attributes": dict(span.attributes or {}),
         "events": [{"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events],
         "links": [format(link.context.span_id, "016x") for link in span.links],
