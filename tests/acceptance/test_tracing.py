@@ -4,6 +4,7 @@ trace goes from the request through every run, parent to child."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -220,3 +221,21 @@ def test_enqueue_many_keeps_dependencies_within_the_batch(env_dsn: str, exporter
     assert send.context is not None
     for r in rows:  # both carry the batch's send span as their creation context
         assert r["meta"]["otel"]["traceparent"].split("-")[2] == format(send.context.span_id, "016x")
+
+
+def test_the_async_twins_make_the_same_spans(env_dsn: str, exporter: InMemorySpanExporter) -> None:
+    async def enqueue() -> tuple[pgjobs.Job, list[int]]:
+        with trace.get_tracer("app").start_as_current_span("request"):
+            job = await pgjobs.enqueue_async("traced.async", "one", queue="mail")
+            ids = await pgjobs.enqueue_many_async([pgjobs.job("traced.async", "a"), pgjobs.job("traced.thread", "b")])
+        await pgjobs.close_async()
+        return job, ids
+
+    job, ids = asyncio.run(enqueue())
+    one, many, request = (span_record(s) for s in exporter.get_finished_spans())
+    assert one["name"] == "send mail" and one["attributes"]["messaging.message.id"] == str(job.id)
+    assert many["name"] == "send default" and many["attributes"]["messaging.batch.message_count"] == 2
+    assert "pgjobs.task" not in many["attributes"]  # two tasks
+    assert one["parent_id"] == many["parent_id"] == request["span_id"]
+    metas = query(env_dsn, "SELECT meta FROM pgjobs.jobs WHERE id = ANY(%s) ORDER BY id", [ids])
+    assert [m["meta"]["otel"]["traceparent"].split("-")[2] for m in metas] == [many["span_id"]] * 2
