@@ -169,7 +169,11 @@ def test_a_worker_runs_a_dag_parents_first(env_dsn: str) -> None:
 def test_stop_lets_running_jobs_finish(env_dsn: str) -> None:
     async def body(worker: pgjobs.Worker) -> int:
         job = await pgjobs.enqueue_async(nap, 0.5)
-        await asyncio.sleep(0.2)
+        # Stop once the job runs (a worker whose registry holds process tasks starts its pool first).
+        for _ in range(200):
+            if (await pgjobs.get_job_async(job.id)).status is JobStatus.ACTIVE:  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.05)
         return job.id  # type: ignore[return-value]
 
     job_id = run_with_worker(env_dsn, body, shutdown_grace=10)
