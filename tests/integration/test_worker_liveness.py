@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 
 import pgjobs
@@ -41,8 +42,13 @@ async def wait_for(dsn: str, job_id: int | None, timeout: float = 30) -> Job:
 
 def test_a_worker_registers_its_row_and_marks_it_stopped(env_dsn: str, conn: psycopg.Connection[Any]) -> None:
     async def body(worker: pgjobs.Worker) -> str:
-        await asyncio.sleep(0.5)
-        assert await pgjobs.is_alive_async(worker.id)
+        # Alive once registered (a registry holding process tasks starts their pool first).
+        for _ in range(100):
+            if await pgjobs.is_alive_async(worker.id):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the worker never registered as alive")
         return worker.id
 
     worker_id = run_with_worker(env_dsn, body, concurrency=3, queues=["a", "b"], **FAST)
