@@ -12,16 +12,17 @@ import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
 
-from . import _database, _sql, client, embedded, migrations, queue, schedules, tasks
+from . import _database, _sql, client, embedded, migrations, queue, schedules
 from .errors import ConfigurationError, PgjobsError, SchemaError
 from .job import Job, JobStatus
 from .reaper import ReaperConfig
 from .schedules import SchedulerConfig
+from .tasks import Task, load
 from .worker import Worker
 
 logger = logging.getLogger("pgjobs")
@@ -59,11 +60,21 @@ def _serve_metrics(port: int, dsn: str) -> Any:
 
 # -- commands ---------------------------------------------------------------------------------------
 def _worker(args: argparse.Namespace) -> int:
+    run_worker(args)
+    return 0
+
+
+def run_worker(args: argparse.Namespace, tasks: Mapping[str, Task[..., Any]] | None = None) -> None:
+    """Run a worker as ``pgjobs worker`` does, from the options add_worker_arguments() parsed.
+
+    :param tasks: task name to Task (default: every task registered in this process, after the
+        modules were imported); a framework passes its own mapping here.
+    """
     sys.path.insert(0, os.getcwd())  # like `python -m`: task modules next to the caller import
     loop_factory = _loop_factory(args.loop)
     if args.pooled:
         os.environ["PGJOBS_POOLED"] = "1"  # every connection of this process, the pools' included
-    modules = tasks.load(args.modules)
+    modules = load(args.modules)
     dsn = migrations.prepare(args.dsn)
     worker = Worker(
         dsn,
@@ -75,6 +86,7 @@ def _worker(args: argparse.Namespace) -> int:
         reaper=None if args.no_reaper else ReaperConfig(interval=args.reap_interval, lease_ttl=args.lease_ttl),
         scheduler=None if args.no_scheduler else SchedulerConfig(interval=args.schedule_interval),
         schedules=schedules.declared(modules).values(),
+        tasks=tasks,
         log_args=args.log_args,
         connections=args.connections,
         startup_timeout=args.startup_timeout,
@@ -87,7 +99,6 @@ def _worker(args: argparse.Namespace) -> int:
     )
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(worker.run(handle_signals=True))
-    return 0
 
 
 def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -491,18 +502,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pgjobs", description="A PostgreSQL-native work queue.")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help, description=help)
-        c.add_argument("--dsn", help="PostgreSQL DSN (default: $PGJOBS_DSN, $DATABASE_URL, else embedded)")
-        return c
-
-    c = command("worker", "run a worker")
-    c.add_argument("modules", nargs="+", metavar="MODULE", help="module(s) whose @task functions to run")
+def add_worker_arguments(c: argparse.ArgumentParser, modules: str = "+") -> None:
+    """Add the options of ``pgjobs worker`` (all but --dsn) to a parser; ``modules`` is the
+    ``nargs`` of its MODULE arguments."""
+    c.add_argument("modules", nargs=modules, metavar="MODULE", help="module(s) whose @task functions to run")
     c.add_argument("-q", "--queue", action="append", help="queue to work (repeatable; default: default)")
     c.add_argument("-c", "--concurrency", type=int, default=10, help="jobs run at once (default 10)")
     c.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls (default 1)")
@@ -552,6 +555,20 @@ def _parser() -> argparse.ArgumentParser:
         help="behind a pooler, where the LISTEN session connects: PostgreSQL itself (also PGJOBS_LISTEN_DSN); "
         "without it the worker polls",
     )  # fmt: skip
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pgjobs", description="A PostgreSQL-native work queue.")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--dsn", help="PostgreSQL DSN (default: $PGJOBS_DSN, $DATABASE_URL, else embedded)")
+        return c
+
+    c = command("worker", "run a worker")
+    add_worker_arguments(c)
     c.set_defaults(func=_worker)
 
     c = command("workers", "list workers, newest first")

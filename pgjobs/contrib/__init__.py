@@ -1,0 +1,1 @@
+"""Integrations of pgjobs with frameworks, each behind an optional extra."""

@@ -1,0 +1,1 @@
+"""The pgjobs_worker command."""
