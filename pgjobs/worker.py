@@ -505,6 +505,13 @@ class Worker:
             if not self._outbox and not claim:
                 if self._closing:
                     return
+                if self._wake.is_set():
+                    # Woken while no claim can be made (no free slot, stopping, fenced): keep that
+                    # jobs may be due for when a slot frees, and wait for what changes things (an
+                    # outcome, a free slot, the fence lifting, closing) instead of spinning on the
+                    # set event, which on Python 3.12 (wait_for returns without yielding) froze the loop.
+                    self._wake.clear()
+                    self._saturated = True
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_interval)
                 except TimeoutError:

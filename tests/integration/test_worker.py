@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -136,6 +137,42 @@ def test_a_notification_wakes_an_idle_worker(env_dsn: str) -> None:
 
     (job,) = run_with_worker(env_dsn, body, poll_interval=60)
     assert job.status is JobStatus.COMPLETE
+
+
+_gate = threading.Event()
+
+
+@pgjobs.task(name="w.gated")
+def gated() -> str:
+    _gate.wait(30)
+    return "through"
+
+
+def test_a_worker_with_no_free_slot_waits_without_spinning_and_claims_once_one_frees(env_dsn: str) -> None:
+    """A notification that comes while every slot is taken is kept for when one frees, not spun on
+    (a spin that on Python 3.12 froze the event loop, so that a stopping worker never stopped)."""
+    _gate.clear()
+
+    async def body(_: pgjobs.Worker) -> tuple[float, list[Job], float]:
+        first = await pgjobs.enqueue_async(gated)
+        assert first.id is not None
+        for _ in range(200):
+            if (await pgjobs.get_job_async(first.id)).status is JobStatus.ACTIVE:
+                break
+            await asyncio.sleep(0.05)
+        second = await pgjobs.enqueue_async(add, 1, 2)  # its notification wakes the worker, which has no slot
+        began = time.process_time()
+        await asyncio.sleep(1.0)
+        spent = time.process_time() - began
+        _gate.set()
+        freed = time.monotonic()
+        jobs = await pgjobs.wait_async([first.id, second.id], 20, dsn=env_dsn)  # type: ignore[list-item]
+        return spent, jobs, time.monotonic() - freed
+
+    spent, jobs, took = run_with_worker(env_dsn, body, concurrency=1, poll_interval=60)
+    assert spent < 0.5, f"the worker spun: {spent:.2f} s of CPU in 1 s with nothing to do"
+    assert [j.status for j in jobs] == [JobStatus.COMPLETE, JobStatus.COMPLETE]
+    assert took < 10  # the second job was claimed when the slot freed, not at the next poll (60 s)
 
 
 def test_polling_finds_a_job_whose_notification_was_lost(env_dsn: str, conn: Conn) -> None:
