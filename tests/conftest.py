@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 pytest_plugins = ["tests.fixtures", "tests.cluster", "tests.partition", "tests.pgbouncer"]
@@ -15,3 +17,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.parent.name in ("acceptance", "conformance"):
             item.add_marker(pytest.mark.xdist_group("processes"))
+
+
+# tests/django needs Django (its own virtualenvs, see .ci/run); elsewhere it is not collected.
+collect_ignore = [] if importlib.util.find_spec("django") else ["django"]

@@ -21,11 +21,9 @@ STATUSES: dict[str, str] = {
     "aborted": "FAILED",
 }
 
-# The last line of a traceback the worker stores for a Django task: the exception's class path
-# (a note the task runner adds, so that no message text can be mistaken for it).
-EXCEPTION_NOTE = "pgjobs.contrib.django: exception class "
-# What a standard traceback's last line starts with: "module.Class: message" or "Class".
-_LAST_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
+# The line of a traceback that names the exception: "module.Class: message", or "Class" (builtins).
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
+_TRACEBACK = "Traceback (most recent call last):"
 # The class of failures that no exception of the task caused (a timeout, a cancel, a crash).
 OTHER_FAILURE = "pgjobs.errors.PgjobsError"
 
@@ -74,20 +72,19 @@ def exception_class_path(exc: BaseException) -> str:
 
 
 def task_error(error: str) -> TaskError:
-    """A stored error as Django's TaskError: the class from the note the runner added, or from the
-    last line of a plain traceback, else pgjobs' own error class (the run was stopped, its
-    process died, the task is unknown…)."""
-    lines = error.rstrip("\n").split("\n")
-    last = lines[-1]
-    if last.startswith(EXCEPTION_NOTE):
-        path, traceback = last[len(EXCEPTION_NOTE) :].strip(), "\n".join(lines[:-1]) + "\n"
-    else:
-        traceback = error
-        found = _LAST_LINE.match(last) if error.startswith("Traceback") else None
-        path = OTHER_FAILURE if found is None else found.group(1)
-        if "." not in path:
-            path = f"builtins.{path}"
-    return TaskError(exception_class_path=path, traceback=traceback)
+    """A stored error as Django's TaskError. The class is read from the traceback the worker stored:
+    the first line after the frames of its last section (the exception raised, after any it was
+    raised from); an error that is no traceback (the run was stopped, its process died, the task
+    is unknown) has pgjobs' own error class."""
+    lines = error.split("\n")
+    starts = [i for i, line in enumerate(lines) if line == _TRACEBACK]
+    path = OTHER_FAILURE
+    if starts:
+        after = (line for line in lines[starts[-1] + 1 :] if not line.startswith(" "))
+        found = _EXCEPTION_LINE.match(next(after, ""))
+        if found is not None:
+            path = found.group(1) if "." in found.group(1) else f"builtins.{found.group(1)}"
+    return TaskError(exception_class_path=path, traceback=error)
 
 
 def _json(text: str | None) -> Any:

@@ -6,6 +6,7 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from traceback import format_exception
 from types import ModuleType
 from typing import Any
 
@@ -16,8 +17,17 @@ from django.utils.module_loading import import_string, module_has_submodule
 
 from ... import tasks as pgjobs_tasks
 from ...job import Job
-from ._compat import Task, TaskContext, TaskResult, TaskResultStatus, normalize_json, task_finished, task_started
-from ._mapping import EXCEPTION_NOTE, decode_arguments, exception_class_path
+from ._compat import (
+    Task,
+    TaskContext,
+    TaskError,
+    TaskResult,
+    TaskResultStatus,
+    normalize_json,
+    task_finished,
+    task_started,
+)
+from ._mapping import decode_arguments, exception_class_path
 
 logger = logging.getLogger("pgjobs.contrib.django")
 
@@ -53,8 +63,9 @@ def _finished(result: TaskResult, status: str, value: Any = None) -> None:
 
 
 def _failed(result: TaskResult, exc: BaseException) -> None:
-    """Mark the exception with its class (the worker stores its traceback), tell Django's signals."""
-    exc.add_note(EXCEPTION_NOTE + exception_class_path(exc))
+    """Tell Django's signals; the worker stores the traceback, whose last section names the class."""
+    error = TaskError(exception_class_path=exception_class_path(exc), traceback="".join(format_exception(exc)))
+    result.errors.append(error)
     _finished(result, "FAILED")
 
 

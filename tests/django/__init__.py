@@ -1,0 +1,1 @@
+"""Tests of the Django tasks backend (pgjobs.contrib.django), run in virtualenvs that have Django."""
