@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import math
 
@@ -19,7 +20,7 @@ from psycopg.errors import (
 )
 
 import pgjobs
-from pgjobs import ArgumentError, _sql, migrations
+from pgjobs import ArgumentError, _sql, cli, migrations
 from pgjobs._database import needs_reconnect, redact, session_params, transient
 
 
@@ -101,8 +102,23 @@ def test_migrations_are_numbered_without_gaps_and_have_down_files() -> None:
 def test_every_named_query_parses() -> None:
     names = set(_sql.queries())
     assert {"job_enqueue", "job_dequeue", "job_complete_many", "migration_lock"} <= names
-    for query in _sql.queries().values():
+    assert set(_sql.queries("django.sql")) == {"django_job_enqueue", "django_job_get"}
+    for query in [*_sql.queries().values(), *_sql.queries("django.sql").values()]:
         assert query.as_string(None).strip()
+
+
+def test_another_command_takes_the_worker_options_of_pgjobs_worker() -> None:
+    """Frameworks (django-admin pgjobs_worker) add the same options, with MODULE optional."""
+    ours = argparse.ArgumentParser()
+    cli.add_worker_arguments(ours, modules="*")
+    theirs = cli._parser().parse_args(["worker", "app.tasks", "-q", "a", "-q", "b", "--executor", "process"])
+    mine = ours.parse_args(["-q", "a", "-q", "b", "--executor", "process"])
+    assert {k: v for k, v in vars(theirs).items() if k not in ("command", "func", "log_level", "dsn", "modules")} == {
+        k: v for k, v in vars(mine).items() if k != "modules"
+    }
+    assert (mine.modules, theirs.modules) == ([], ["app.tasks"])
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["worker"])  # pgjobs worker still needs a module
 
 
 def test_sessions_die_with_their_host_unless_the_dsn_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
