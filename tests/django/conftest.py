@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ django.setup()
 from django.db import connection, connections  # noqa: E402
 
 try:
-    from django.tasks import TaskResult, task_backends
+    from django.tasks import TaskResult
 except ImportError:  # Django 5.2
-    from django_tasks import TaskResult, task_backends
+    from django_tasks import TaskResult
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -116,8 +116,3 @@ def worker(django_dsn: str) -> Iterator[WorkerProcess]:
     yield w
     w.stop()
     assert w.proc.returncode == 0
-
-
-@pytest.fixture
-def backend() -> Callable[[str], Any]:
-    return lambda alias="default": task_backends[alias]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,6 +41,7 @@ def _pool(dsn: str) -> ConnectionPool[Any]:
         if pool is None:
             kwargs = {"autocommit": True, **_database.session_params(dsn)}
             pool = ConnectionPool(dsn, min_size=1, max_size=4, kwargs=kwargs, open=True, name="pgjobs django")
+            atexit.register(pool.close)
             _pools[dsn] = pool
         return pool
 

@@ -38,7 +38,7 @@ def _running_result(task: Task, job: Job) -> TaskResult:
     return TaskResult(
         task=task,
         id=str(job.id),
-        status=_status("RUNNING"),
+        status=TaskResultStatus.RUNNING,
         enqueued_at=job.enqueued_at,
         started_at=job.started_at,
         finished_at=None,
@@ -51,12 +51,8 @@ def _running_result(task: Task, job: Job) -> TaskResult:
     )
 
 
-def _status(name: str) -> Any:
-    return TaskResultStatus[name]
-
-
 def _finished(result: TaskResult, status: str, value: Any = None) -> None:
-    object.__setattr__(result, "status", _status(status))
+    object.__setattr__(result, "status", TaskResultStatus[status])
     if status == "SUCCESSFUL":
         object.__setattr__(result, "_return_value", value)
     task_finished.send(type(result.task.get_backend()), task_result=result)
