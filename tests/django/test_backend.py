@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -214,6 +215,13 @@ def test_unknown_ids_and_other_tasks_jobs_have_no_result() -> None:
     (job_id,) = sql("SELECT pgjobs.enqueue('some.other.task', '{}', queue => 'manual')")[0]
     with pytest.raises(TaskResultDoesNotExist, match="not a Django task"):
         backend.get_result(str(job_id))
+
+
+def test_a_job_never_makes_a_process_import_a_module_outside_the_apps() -> None:
+    (job_id,) = sql("SELECT pgjobs.enqueue('tests.django.outside.hidden', '[]', queue => 'manual')")[0]
+    with pytest.raises(TaskResultDoesNotExist, match="not a Django task"):
+        task_backends["default"].get_result(str(job_id))
+    assert "tests.django.outside" not in sys.modules
 
 
 def test_errors_keep_the_exception_class() -> None:

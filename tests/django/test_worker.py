@@ -10,7 +10,7 @@ import pytest
 from django.db import transaction
 from django.test import AsyncClient
 
-from .conftest import WorkerProcess, start_worker, wait_finished
+from .conftest import WorkerProcess, sql, start_worker, wait_finished
 from .project.later import shout
 from .project.tasks import Boom, add, count_jobs, describe, double, fail, flaky, greet, where
 
@@ -66,6 +66,16 @@ def test_a_task_reads_the_database_through_djangos_connection(worker: WorkerProc
 
 def test_a_task_outside_the_tasks_modules_is_found_by_its_module_path(worker: WorkerProcess) -> None:
     assert wait_finished(shout.enqueue("hey")).return_value == "HEY"
+
+
+def test_a_job_naming_a_module_outside_the_apps_fails_unrun(worker: WorkerProcess) -> None:
+    (job_id,) = sql("SELECT pgjobs.enqueue('tests.django.outside.hidden', '[]')")[0]
+    for _ in range(600):
+        status, error = sql("SELECT status::text, error FROM pgjobs.jobs WHERE id = %s", [job_id])[0]
+        if status == "failed":
+            break
+        time.sleep(0.05)
+    assert status == "failed" and "unknown task 'tests.django.outside.hidden'" in error
 
 
 def test_aenqueue_from_an_async_view_and_aget_result(worker: WorkerProcess) -> None:

@@ -14,14 +14,13 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.utils import timezone
-from django.utils.module_loading import import_string
 from psycopg import pq
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from ... import _database, _sql
 from ._compat import BaseTaskBackend, InvalidTask, Task, TaskResult, TaskResultDoesNotExist, task_enqueued
-from ._mapping import encode_arguments, task_result, to_django_priority, to_pgjobs_priority
+from ._mapping import encode_arguments, find_task, task_result, to_django_priority, to_pgjobs_priority
 
 # The pgjobs options a backend's OPTIONS["JOB_OPTIONS"] may set for every job it enqueues.
 JOB_OPTIONS = frozenset({"retries", "timeout", "heartbeat", "retry_delay", "retry_backoff", "ttl"})
@@ -145,11 +144,8 @@ class PgjobsBackend(BaseTaskBackend):
     # -- helpers ----------------------------------------------------------------------------------
     def _task(self, row: Mapping[str, Any]) -> Task:
         """The Django task a job runs, with the job's queue and priority."""
-        try:
-            found = import_string(row["task"])
-        except ImportError:
-            found = None
-        if not isinstance(found, Task):
+        found = find_task(row["task"])
+        if found is None:
             raise TaskResultDoesNotExist(f"job {row['id']} runs {row['task']!r}, which is not a Django task")
         try:
             return found.using(

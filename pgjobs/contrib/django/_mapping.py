@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from django.apps import apps
+from django.utils.module_loading import import_string
 
 from ._compat import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY, Task, TaskError, TaskResult, TaskResultStatus
 
@@ -26,6 +30,20 @@ _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
 _TRACEBACK = "Traceback (most recent call last):"
 # The class of failures that no exception of the task caused (a timeout, a cancel, a crash).
 OTHER_FAILURE = "pgjobs.errors.PgjobsError"
+
+
+def find_task(name: str) -> Task | None:
+    """The Django task a job names by its module path, or None. Only a module already imported or
+    one of an installed app is imported: a job's name (which any client may write) never makes a
+    process import code from elsewhere."""
+    module = name.rpartition(".")[0]
+    if module not in sys.modules and apps.get_containing_app_config(name) is None:
+        return None
+    try:
+        found = import_string(name)
+    except ImportError:
+        return None
+    return found if isinstance(found, Task) else None
 
 
 def to_pgjobs_priority(priority: int) -> int:

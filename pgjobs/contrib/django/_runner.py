@@ -13,7 +13,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.apps import apps
 from django.db import close_old_connections, connections
-from django.utils.module_loading import import_string, module_has_submodule
+from django.utils.module_loading import module_has_submodule
 
 from ... import tasks as pgjobs_tasks
 from ...job import Job
@@ -27,7 +27,7 @@ from ._compat import (
     task_finished,
     task_started,
 )
-from ._mapping import decode_arguments, exception_class_path
+from ._mapping import decode_arguments, exception_class_path, find_task
 
 logger = logging.getLogger("pgjobs.contrib.django")
 
@@ -116,15 +116,6 @@ def as_pgjobs_task(task: Task) -> pgjobs_tasks.Task[..., Any]:
     return pgjobs_tasks.Task(func=func, name=task.module_path, pass_job=True)
 
 
-def find(name: str) -> Task | None:
-    """The Django task at a module path, or None."""
-    try:
-        found = import_string(name)
-    except ImportError:
-        return None
-    return found if isinstance(found, Task) else None
-
-
 def discover(modules: list[ModuleType] | None = None) -> dict[str, Task]:
     """The Django tasks of every installed app's ``tasks`` module (imported here) and of the given
     modules, by module path."""
@@ -158,7 +149,7 @@ class DjangoTasks(Mapping[str, pgjobs_tasks.Task[..., Any]]):
         if found is not None:
             return found
         if name not in self._missing:
-            task = find(name)
+            task = find_task(name)
             if task is not None:
                 wrapped = as_pgjobs_task(task)
                 wrapped.executor = self._lazy_executor
