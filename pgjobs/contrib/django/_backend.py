@@ -19,6 +19,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from ... import _database, _sql
+from ...client import job
 from ._compat import BaseTaskBackend, InvalidTask, Task, TaskResult, TaskResultDoesNotExist, task_enqueued
 from ._mapping import encode_arguments, find_task, task_result, to_django_priority, to_pgjobs_priority
 
@@ -95,21 +96,15 @@ class PgjobsBackend(BaseTaskBackend):
         run_after = task.run_after
         if run_after is not None and timezone.is_naive(run_after):  # USE_TZ = False: local time
             run_after = timezone.make_aware(run_after, timezone.get_default_timezone())
-        o = self.job_options
-        retries = o.get("retries")
-        backoff = o.get("retry_backoff")
+        # pgjobs.job() applies its own rules to the options (retries, a bool backoff, durations).
+        o = job(task.module_path, args=[], **self.job_options).options
         params = {
             "task": task.module_path,
             "args": encode_arguments(args, kwargs),
             "queue": task.queue_name,
             "priority": to_pgjobs_priority(task.priority),
             "scheduled_at": run_after,
-            "max_attempts": None if retries is None else int(retries) + 1,
-            "timeout": o.get("timeout"),
-            "heartbeat": o.get("heartbeat"),
-            "retry_delay": o.get("retry_delay"),
-            "retry_backoff": (float("inf") if backoff else 0.0) if isinstance(backoff, bool) else backoff,
-            "ttl": o.get("ttl"),
+            **{k: o[k] for k in ("max_attempts", "timeout", "heartbeat", "retry_delay", "retry_backoff", "ttl")},
         }
         row = self._fetch("django_job_enqueue", params)
         assert row is not None
