@@ -225,8 +225,9 @@ def _enqueue_call(request: JobRequest) -> Call[Job]:
     return Call(_sql.query("job_enqueue"), request.params(), lambda rows: Job._stored(rows[0]), tuples=True)
 
 
-def _ids(rows: list[_database.Row]) -> list[int]:
-    return [r["id"] for r in rows]
+def _ids(rows: list[tuple[int, int]]) -> list[int]:
+    """The ids of (item, id) rows."""
+    return [r[1] for r in rows]
 
 
 def _column(values: list[Any]) -> list[Any] | None:
@@ -243,14 +244,19 @@ def _enqueue_many_call(requests: Iterable[JobRequest]) -> Call[list[int]]:
     if not requests or any(r.options.get("depends_on") for r in requests):
         position = {id(r): i for i, r in enumerate(requests)}
         docs = [r.document(position) for r in requests]
-        return Call(_sql.query("job_enqueue_many"), {"jobs": Jsonb(docs)}, _ids)
+        return Call(_sql.query("job_enqueue_many"), {"jobs": Jsonb(docs)}, _ids, tuples=True)
     # Arrays, the arguments as one JSON document: one encoding here and one parse there.
-    params: dict[str, Any] = {k: _column([r.options.get(k) for r in requests]) for k in _COLUMNS}
+    first = requests[0].options
+    if all(r.options is first or r.options == first for r in requests):
+        # Jobs sharing their options (the usual batch): one element a column, no column to scan.
+        params: dict[str, Any] = {k: None if first.get(k) is None else [first[k]] for k in _COLUMNS}
+    else:
+        params = {k: _column([r.options.get(k) for r in requests]) for k in _COLUMNS}
     params["task"] = _column([r.task for r in requests])
     params["args"] = as_jsonb(f"[{','.join([r.encoded for r in requests])}]")
     metas = [r.options.get("meta") for r in requests]
     params["meta"] = None if all(m is None for m in metas) else to_json([m or {} for m in metas], "meta")
-    return Call(_sql.query("job_enqueue_arrays"), params, _ids)
+    return Call(_sql.query("job_enqueue_arrays"), params, _ids, tuples=True)
 
 
 def _status(rows: list[_database.Row]) -> JobStatus | None:

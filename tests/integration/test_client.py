@@ -105,6 +105,19 @@ def test_enqueue_many(env_dsn: str, conn: Conn) -> None:
     assert pgjobs.enqueue_many([]) == []
 
 
+def test_enqueue_many_applies_the_options_a_batch_shares(env_dsn: str, conn: Conn) -> None:
+    at = dt.datetime(2030, 1, 2, tzinfo=dt.UTC)
+    ids = pgjobs.enqueue_many(
+        [pgjobs.job("a", n=i, queue="bulk", priority=-5, scheduled=at, retries=0) for i in range(50)]
+    )
+    rows = conn.execute(
+        "SELECT args, queue, priority, scheduled_at, max_attempts FROM pgjobs.jobs WHERE id = ANY (%s) ORDER BY id",
+        [ids],
+    ).fetchall()
+    assert [r["args"] for r in rows] == [{"n": i} for i in range(50)]
+    assert {(r["queue"], r["priority"], r["scheduled_at"], r["max_attempts"]) for r in rows} == {("bulk", -5, at, 1)}
+
+
 def test_enqueue_reads_the_job_as_stored_column_for_field(env_dsn: str, conn: Conn) -> None:
     from dataclasses import fields
 
