@@ -246,12 +246,10 @@ def _enqueue_many_call(requests: Iterable[JobRequest]) -> Call[list[int]]:
         docs = [r.document(position) for r in requests]
         return Call(_sql.query("job_enqueue_many"), {"jobs": Jsonb(docs)}, _ids, tuples=True)
     # Arrays, the arguments as one JSON document: one encoding here and one parse there.
-    first = requests[0].options
-    if all(r.options is first or r.options == first for r in requests):
-        # Jobs sharing their options (the usual batch): one element a column, no column to scan.
-        params: dict[str, Any] = {k: None if first.get(k) is None else [first[k]] for k in _COLUMNS}
-    else:
-        params = {k: _column([r.options.get(k) for r in requests]) for k in _COLUMNS}
+    options = [r.options for r in requests]
+    if all(o is options[0] or o == options[0] for o in options):
+        options = options[:1]  # the usual batch shares its options: no column to scan job by job
+    params: dict[str, Any] = {k: _column([o.get(k) for o in options]) for k in _COLUMNS}
     params["task"] = _column([r.task for r in requests])
     params["args"] = as_jsonb(f"[{','.join([r.encoded for r in requests])}]")
     metas = [r.options.get("meta") for r in requests]
