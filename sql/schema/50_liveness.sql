@@ -343,9 +343,12 @@ BEGIN
     END LOOP;
 
     -- Days ahead: made as plain tables, filled with the rows of that day waiting in
-    -- jobs_done_other, then attached (which locks jobs_done only against other DDL). Two passes at
-    -- once (reap() beside a leader's reap_as) may both find a day missing: the second's CREATE
-    -- waits for the first to commit and fails, and that day is left to the first.
+    -- jobs_done_other, then attached. The attach holds jobs_done exclusively, for the moment it
+    -- takes: under ATTACH's own lock a statement could plan beside it, blind to the new day, and
+    -- keep that plan while the day fills (a prepared count of history stayed at 0). Never wait long
+    -- for that lock; the next pass tries the day again. Two passes at once (reap() beside a
+    -- leader's reap_as) may both find a day missing: the second's CREATE waits for the first to
+    -- commit and fails, and that day is left to the first.
     FOR i IN 0 .. ahead LOOP
         day := today + make_interval(days => i);
         part := 'jobs_done_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD');
@@ -353,18 +356,22 @@ BEGIN
         BEGIN
             EXECUTE format('CREATE TABLE pgjobs.%I (LIKE pgjobs.jobs_done INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
                            part);
-        EXCEPTION WHEN duplicate_table OR unique_violation THEN
-            CONTINUE;
+            PERFORM set_config('lock_timeout', '50ms', true);
+            LOCK TABLE pgjobs.jobs_done IN ACCESS EXCLUSIVE MODE;
+            PERFORM set_config('lock_timeout', waited, true);
+            EXECUTE format('WITH moved AS (DELETE FROM pgjobs.jobs_done_other o WHERE o.expires_at >= %L '
+                           'AND o.expires_at < %L RETURNING o.*) INSERT INTO pgjobs.%I SELECT * FROM moved',
+                           day, day + interval '1 day', part);
+            -- A matching constraint spares the attach a scan of the new table.
+            EXECUTE format('ALTER TABLE pgjobs.%I ADD CONSTRAINT %I CHECK (expires_at IS NOT NULL '
+                           'AND expires_at >= %L AND expires_at < %L)',
+                           part, part || '_range_check', day, day + interval '1 day');
+            EXECUTE format('ALTER TABLE pgjobs.jobs_done ATTACH PARTITION pgjobs.%I FOR VALUES FROM (%L) TO (%L)',
+                           part, day, day + interval '1 day');
+        EXCEPTION WHEN duplicate_table OR unique_violation OR lock_not_available THEN
+            NULL;  -- the day's table is undone with the rest: nothing half made is left
         END;
-        EXECUTE format('WITH moved AS (DELETE FROM pgjobs.jobs_done_other o WHERE o.expires_at >= %L AND o.expires_at < %L '
-                       'RETURNING o.*) INSERT INTO pgjobs.%I SELECT * FROM moved',
-                       day, day + interval '1 day', part);
-        -- A matching constraint spares the attach a scan of the new table.
-        EXECUTE format('ALTER TABLE pgjobs.%I ADD CONSTRAINT %I CHECK (expires_at IS NOT NULL '
-                       'AND expires_at >= %L AND expires_at < %L)',
-                       part, part || '_range_check', day, day + interval '1 day');
-        EXECUTE format('ALTER TABLE pgjobs.jobs_done ATTACH PARTITION pgjobs.%I FOR VALUES FROM (%L) TO (%L)',
-                       part, day, day + interval '1 day');
+        PERFORM set_config('lock_timeout', waited, true);
     END LOOP;
 
     WITH expired AS (

@@ -26,7 +26,16 @@ def run_workers(dsn: str, tmp_path: Path, total: int, *args: str, timeout: float
         deadline = time.monotonic() + timeout
         with psycopg.connect(dsn, autocommit=True) as conn:
             while conn.execute("SELECT count(*) FROM pgjobs.jobs WHERE status = 'complete'").fetchone() != (total,):
-                assert time.monotonic() < deadline, f"not all {total} jobs completed within {timeout} s"
+                if time.monotonic() >= deadline:
+                    # What a stall looks like, to tell a stuck worker from a stuck claim.
+                    states = conn.execute(
+                        "SELECT status, worker_id, count(*) FROM pgjobs.jobs GROUP BY 1, 2 ORDER BY 1, 2"
+                    ).fetchall()
+                    exits = [w.popen.poll() for w in workers]
+                    pytest.fail(
+                        f"not all {total} jobs completed within {timeout} s: jobs {states}, worker exits {exits}\n"
+                        + "\n".join(f"--- worker {i}:\n{w.output()[-3000:]}" for i, w in enumerate(workers))
+                    )
                 time.sleep(0.2)
         for w in workers:
             w.signal(signal.SIGTERM)

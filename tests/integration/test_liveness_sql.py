@@ -261,6 +261,41 @@ def test_two_reaper_passes_at_once_make_the_coming_days_of_history_once(dsn: str
     assert conn.execute("SELECT to_regclass(%s) IS NOT NULL AS made", [f"pgjobs.{days[-1]}"]).fetchone()["made"]
 
 
+def test_a_prepared_query_planned_while_a_day_of_history_is_attached_sees_that_day(dsn: str, conn: Conn) -> None:
+    # A finished job waits in jobs_done_other: a fresh database has no day of history yet.
+    job_id = one(conn, "SELECT pgjobs.enqueue('t', ttl => 3600)")
+    claim(conn, "w1", 1)
+    conn.execute("SELECT pgjobs.complete(%s)", [job_id])
+    count = "SELECT count(*) FROM pgjobs.jobs WHERE status = 'complete'"
+    with psycopg.connect(dsn) as upkeep, psycopg.connect(dsn, autocommit=True) as reader:
+        upkeep.execute("SELECT * FROM pgjobs.reap()")  # makes the days, moves the job into one; not committed
+        seen: list[Any] = []
+        # A statement prepared as drivers do (psycopg after five runs): its plan is made once and
+        # kept, here while the reaper attaches the day.
+        first = threading.Thread(target=lambda: seen.append(reader.execute(count, prepare=True).fetchone()))
+        first.start()
+        time.sleep(0.5)
+        upkeep.commit()
+        first.join(10)
+        seen.append(reader.execute(count, prepare=True).fetchone())
+    assert seen == [(1,), (1,)]  # not a plan blind to the new day, kept until the next DDL
+
+
+def test_a_long_read_of_history_defers_a_new_day_without_holding_the_reaper_up(dsn: str, conn: Conn) -> None:
+    conn.execute("SELECT * FROM pgjobs.reap()")
+    last = sorted(p for p in partitions(conn) if p[10:].isdigit())[-1]
+    conn.execute(f"DROP TABLE pgjobs.{last}")  # a new day to make, as after midnight
+    with psycopg.connect(dsn) as reader:
+        reader.execute("SELECT count(*) FROM pgjobs.jobs")  # its transaction stays open
+        began = time.monotonic()
+        conn.execute("SELECT * FROM pgjobs.reap()")
+        assert time.monotonic() - began < 5
+        assert last not in partitions(conn)  # left whole for the next pass, no table half made
+        assert one(conn, "SELECT to_regclass(%s) IS NULL AS gone", [f"pgjobs.{last}"])
+    conn.execute("SELECT * FROM pgjobs.reap()")
+    assert last in partitions(conn)
+
+
 def test_retention_drops_past_days_and_deletes_what_is_not_kept(conn: Conn) -> None:
     keep_forever = one(conn, "SELECT pgjobs.enqueue('t', ttl => 0)")
     not_kept = one(conn, "SELECT pgjobs.enqueue('t', ttl => -1)")
