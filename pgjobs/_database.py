@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -18,9 +19,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from psycopg.rows import AsyncRowFactory, RowFactory, dict_row
+from psycopg.types.json import set_json_loads
 
 from . import embedded
 from .errors import ConfigurationError, DatabaseUnavailable
+
+try:  # pgjobs[fast]: decodes a job's arguments in under a third of the standard parser's time
+    import orjson
+except ImportError:  # the standard parser then
+    orjson = None  # type: ignore[assignment]
 
 Row = dict[str, Any]
 
@@ -146,9 +153,11 @@ def connect(
     ``direct``: the DSN bypasses a pooler); a wrong DSN raises ConfigurationError with one line."""
     try:
         params = session_params(dsn, name, direct=direct)
-        return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
+        conn = psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
     except (psycopg.Error, ValueError) as exc:
         raise _connect_error(dsn, exc) from None
+    _decode_json(conn)
+    return conn
 
 
 async def connect_async(
@@ -157,9 +166,32 @@ async def connect_async(
     """The async twin of connect()."""
     try:
         params = session_params(dsn, name, direct=direct)
-        return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
     except (psycopg.Error, ValueError) as exc:
         raise _connect_error(dsn, exc) from None
+    _decode_json(conn)
+    return conn
+
+
+def _decode_json(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    if orjson is not None:
+        set_json_loads(_loads, conn)
+
+
+# orjson reads an integer past 64 bits as a float, silently: a document with 19 digits in a row
+# (in a number or in a string) goes to the standard parser, which keeps every digit.
+_DIGITS = bytes(49 if 48 <= b <= 57 else 48 for b in range(256))  # ASCII digits to "1", the rest "0"
+_LONG_RUN = b"1" * 19
+
+
+def _loads(data: bytes | bytearray | memoryview | str) -> Any:
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if _LONG_RUN not in raw.translate(_DIGITS):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # what the standard parser accepts and orjson does not (a lone surrogate)
+    return json.loads(raw)
 
 
 def fetch(
@@ -181,11 +213,20 @@ async def fetch_async(
     params: Any = None,
     *,
     row_factory: AsyncRowFactory[Any] = dict_row,
+    binary: bool = False,
 ) -> list[Any]:
-    """The async twin of fetch(); ``row_factory=tuple_row`` where building dicts costs too much."""
+    """The async twin of fetch(); ``row_factory=tuple_row`` where building dicts costs too much,
+    ``binary`` where many rows come back (timestamps and jsonb load faster)."""
     async with conn.cursor(row_factory=row_factory) as cur:
-        await cur.execute(query, params)
+        await cur.execute(query, params, binary=binary)
         return await cur.fetchall() if cur.rownumber is not None else []
+
+
+def int_array(values: Iterable[int | None]) -> str:
+    """Integers (None as NULL) as one PostgreSQL array literal, for a parameter cast to an integer
+    array in the query: psycopg dumps a list element by element in Python (70 us for a worker's 50
+    ids and attempts), the literal costs a join."""
+    return "{" + ",".join(map(str, values)).replace("None", "NULL") + "}"
 
 
 def listen_query(channels: Sequence[str]) -> sql.Composed:

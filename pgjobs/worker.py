@@ -549,14 +549,14 @@ class Worker:
                     "worker_id": self.id,
                     "queues": self.queues,
                     "max_jobs": n,
-                    "ids": [o.job.id for o in done],
+                    "ids": _database.int_array(o.job.id for o in done),
                     # Encoded and checked when each task returned; a task that returns None leaves
                     # the result NULL, and a batch of those sends no array at all.
                     "results": None if all(o.result is None for o in done) else [o.result for o in done],
-                    "attempts": [o.job.attempts for o in done],
+                    "attempts": _database.int_array(o.job.attempts for o in done),
                 }
                 query = _sql.query("job_complete_and_dequeue")
-                rows = await _database.fetch_async(conn, query, params, row_factory=tuple_row)
+                rows = await _database.fetch_async(conn, query, params, row_factory=tuple_row, binary=True)
                 recorded.extend(done)
         except psycopg.Error as exc:
             if n:

@@ -4,6 +4,7 @@ each call succeeds or fails with a documented SQLSTATE, and a failed call change
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import psycopg
@@ -115,3 +116,28 @@ def test_every_function_either_works_or_refuses_with_a_documented_error(dsn: str
                 assert snapshot(conn) == before, "a refused call changed the jobs"
 
         check()
+
+
+# A value far from 64 bits, in any JSON position: integers of any size, every float, any text.
+wide_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=wide_json)
+def test_pgjobs_connections_decode_json_as_the_standard_parser_does(dsn: str, value: Any) -> None:
+    """With orjson installed (pgjobs[fast]) pgjobs' connections decode jsonb with it, in text and
+    in binary (the worker's claims): every value comes out as json.loads reads PostgreSQL's text."""
+    from pgjobs import _database
+
+    with _database.connect(dsn) as conn:
+        for binary in (False, True):
+            try:
+                row = conn.execute("SELECT %s::jsonb AS v, %s::jsonb::text AS t", [Jsonb(value)] * 2, binary=binary)
+            except psycopg.errors.UntranslatableCharacter:
+                return  # \u0000, which PostgreSQL cannot store (enqueue refuses it first)
+            got = row.fetchone()
+            assert got is not None and repr(got["v"]) == repr(json.loads(got["t"]))

@@ -89,6 +89,18 @@ def test_sync_and_async_tasks_complete_with_their_results(env_dsn: str) -> None:
     assert all(j.attempts == 1 and j.completed_at for j in jobs)
 
 
+def test_a_task_receives_its_arguments_exactly_as_they_were_enqueued(env_dsn: str) -> None:
+    # Integers past 64 bits, floats, text beyond ASCII: a faster JSON parser must not round any of
+    # them (orjson alone reads 2**70 as a float).
+    value = {
+        "big": 2**70, "small": -(2**64) - 1, "digits": "1234567890123456789012", "int64": 2**63 - 1,
+        "floats": [0.1, -2.25, 12345.678, 1.5e-7], "text": "é\u2028😀", "nested": [{"a": None, "b": True}],
+    }  # fmt: skip
+    [done] = process(env_dsn, [pgjobs.job(echo, value=value)])
+    assert done.result == value
+    assert type(done.result["big"]) is int and type(done.result["small"]) is int
+
+
 def test_a_failing_task_is_retried_then_failed_with_its_traceback(env_dsn: str) -> None:
     (job,) = process(env_dsn, [pgjobs.job(boom, retries=2)])
     assert job.status is JobStatus.FAILED and job.attempts == 3
