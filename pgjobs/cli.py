@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import json
 import logging
 import os
@@ -97,6 +98,9 @@ def run_worker(args: argparse.Namespace, tasks: Mapping[str, Task[..., Any]] | N
         kill_grace=args.kill_grace,
         listen_dsn=args.listen_dsn,
     )
+    # What start-up made (modules, tasks, the worker) lives as long as the process: out of the
+    # collector's reach, the full collections a busy worker triggers no longer walk it.
+    gc.freeze()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(worker.run(handle_signals=True))
 
