@@ -347,8 +347,8 @@ BEGIN
     -- takes: under ATTACH's own lock a statement could plan beside it, blind to the new day, and
     -- keep that plan while the day fills (a prepared count of history stayed at 0). Never wait long
     -- for that lock; the next pass tries the day again. Two passes at once (reap() beside a
-    -- leader's reap_as) may both find a day missing: the second's CREATE waits for the first to
-    -- commit and fails, and that day is left to the first.
+    -- leader's reap_as) may both find a day missing: the second waits for the first to commit,
+    -- and its CREATE fails or finds the day made; that day is left to the first.
     FOR i IN 0 .. ahead LOOP
         day := today + make_interval(days => i);
         part := 'jobs_done_' || to_char(day AT TIME ZONE 'UTC', 'YYYYMMDD');
