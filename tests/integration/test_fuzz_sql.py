@@ -118,7 +118,7 @@ def test_every_function_either_works_or_refuses_with_a_documented_error(dsn: str
         check()
 
 
-# A value far from 64 bits, in any JSON position: integers of any size, every float, any text.
+# JSON values of any size: integers past 64 bits, every finite float, any text.
 wide_json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
