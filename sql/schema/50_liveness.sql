@@ -369,9 +369,8 @@ BEGIN
             EXECUTE format('ALTER TABLE pgjobs.jobs_done ATTACH PARTITION pgjobs.%I FOR VALUES FROM (%L) TO (%L)',
                            part, day, day + interval '1 day');
         EXCEPTION WHEN duplicate_table OR unique_violation OR lock_not_available THEN
-            NULL;  -- the day's table is undone with the rest: nothing half made is left
+            NULL;  -- undone with the rest, lock_timeout too: nothing half made is left
         END;
-        PERFORM set_config('lock_timeout', waited, true);
     END LOOP;
 
     WITH expired AS (
