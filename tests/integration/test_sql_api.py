@@ -154,6 +154,21 @@ def test_enqueue_many_from_arrays_spreads_single_values_and_deduplicates_keys(co
         ("SELECT pgjobs.enqueue_many(ARRAY['a', 'b', 'c'], ARRAY['{}', '{}']::jsonb[])", "args: must hold one"),
         ("SELECT pgjobs.enqueue_many(ARRAY['a', 'b c'], ARRAY['{}']::jsonb[])", "jobs[1].task"),
         ("SELECT pgjobs.enqueue_many(ARRAY['a'], ARRAY['{}', '{}']::jsonb[], ttl => ARRAY[1, -9])", "jobs[1].ttl"),
+        # Options one for all are checked on the first job; every job's arguments and meta on their own.
+        ("SELECT pgjobs.enqueue_many(ARRAY['a'], ARRAY['{}', '{}']::jsonb[], queue => ARRAY['a b'])", "jobs[0].queue"),
+        ("SELECT pgjobs.enqueue_many(ARRAY['a b'], ARRAY['{}', '5']::jsonb[])", "jobs[0].task"),
+        (
+            "SELECT pgjobs.enqueue_many(ARRAY['a'], ARRAY['{}', '{}', '5']::jsonb[], queue => ARRAY['q'])",
+            "jobs[2].args",
+        ),
+        (
+            "SELECT pgjobs.enqueue_many(ARRAY['a'], ARRAY['{}', '{}']::jsonb[], meta => ARRAY['{}', '[]']::jsonb[])",
+            "jobs[1].meta",
+        ),
+        (
+            "SELECT pgjobs.enqueue_many(ARRAY['a'], ARRAY['{}', jsonb_build_object('x', repeat('x', 2000000))])",
+            "jobs[1].args: is",
+        ),
     ],
 )
 def test_enqueue_many_from_arrays_refuses_bad_input_and_adds_nothing(conn: Conn, call: str, message: str) -> None:
