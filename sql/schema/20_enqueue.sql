@@ -286,11 +286,8 @@ DECLARE
     keyed boolean;
     -- Every option one element for all jobs (as Python's enqueue_many sends a usual batch): they are
     -- checked on the first job only, the other jobs' arguments and meta on their own.
-    uniform boolean := greatest(cardinality(task), cardinality(queue), cardinality(priority),
-                                cardinality(scheduled_at), cardinality(delay), cardinality(group_key),
-                                cardinality(key), cardinality(max_attempts), cardinality(timeout),
-                                cardinality(heartbeat), cardinality(retry_delay), cardinality(retry_backoff),
-                                cardinality(ttl)) IS NOT DISTINCT FROM 1;
+    uniform boolean := (SELECT max(u.length) FROM unnest(lengths, names) AS u(length, name)
+                        WHERE u.name NOT IN ('args', 'meta')) IS NOT DISTINCT FROM 1;
 BEGIN
     IF n IS NULL OR n = 0 THEN
         RETURN;
