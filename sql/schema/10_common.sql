@@ -12,6 +12,15 @@ BEGIN
 END;
 $$;
 
+-- _refuse as an expression that is true or raises, for a condition of a statement.
+CREATE OR REPLACE FUNCTION pgjobs._refused(field text, message text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pgjobs._refuse(field, message);
+    RETURN true;
+END;
+$$;
+
 -- The payload cap, in PL/pgSQL, whose plans last the session: every complete_many reads it.
 CREATE OR REPLACE FUNCTION pgjobs.max_payload() RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$

@@ -242,6 +242,59 @@ LANGUAGE sql AS $$
                                timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, depends_on)).id
 $$;
 
+-- enqueue_many's jobs as rows to insert into jobs_live, defaults applied and each checked as it
+-- is read: the first wrong one (unnest yields them in array order) raises. Arrays of one length n;
+-- uniform: every option is one for all, so only the first job's options are checked.
+CREATE OR REPLACE FUNCTION pgjobs._many_rows(
+    ids bigint[],
+    task text[],
+    args jsonb[],
+    queue text[],
+    priority integer[],
+    scheduled_at timestamptz[],
+    delay double precision[],
+    group_key text[],
+    key text[],
+    max_attempts integer[],
+    timeout double precision[],
+    heartbeat double precision[],
+    retry_delay double precision[],
+    retry_backoff double precision[],
+    ttl integer[],
+    meta jsonb[],
+    uniform boolean,
+    cap bigint
+) RETURNS TABLE (id bigint, queue text, task text, args jsonb, priority integer, group_key text, key text,
+                 max_attempts integer, scheduled_at timestamptz, timeout double precision,
+                 heartbeat double precision, retry_delay double precision, retry_backoff double precision,
+                 ttl integer, meta jsonb)
+-- STABLE and one SELECT: inlined into the caller's INSERT, read as it inserts.
+LANGUAGE sql STABLE AS $$
+    SELECT r.id, r.queue, r.task, r.args, r.priority, r.group_key, r.key, r.max_attempts, r.scheduled_at,
+           r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl, r.meta
+    FROM (
+        SELECT q.*, CASE WHEN uniform AND q.i > 0 THEN pgjobs._payload_problem(q.args, q.meta, cap)
+                    ELSE pgjobs._job_problem(q.task, q.args, q.queue, q.priority, q.scheduled_at, q.group_key,
+                        q.key, q.max_attempts, q.timeout, q.heartbeat, q.retry_delay, q.retry_backoff, q.ttl,
+                        q.meta, cap)
+                    END AS fault
+        FROM (
+            SELECT u.n - 1 AS i, u.id, u.task, coalesce(u.args, '{}') AS args, coalesce(u.queue, 'default') AS queue,
+                   coalesce(u.priority, 0) AS priority,
+                   coalesce(u.scheduled_at, now() + make_interval(secs => coalesce(u.delay, 0))) AS scheduled_at,
+                   u.group_key, u.key, coalesce(u.max_attempts, 3) AS max_attempts,
+                   coalesce(u.timeout, 0) AS timeout, coalesce(u.heartbeat, 0) AS heartbeat,
+                   coalesce(u.retry_delay, 1) AS retry_delay, coalesce(u.retry_backoff, 3600) AS retry_backoff,
+                   coalesce(u.ttl, 86400) AS ttl, coalesce(u.meta, '{}') AS meta
+            FROM unnest(ids, task, args, queue, priority, scheduled_at, delay, group_key, key, max_attempts,
+                        timeout, heartbeat, retry_delay, retry_backoff, ttl, meta) WITH ORDINALITY
+                 AS u(id, task, args, queue, priority, scheduled_at, delay, group_key, key, max_attempts, timeout,
+                      heartbeat, retry_delay, retry_backoff, ttl, meta, n)
+        ) q
+    ) r
+    WHERE r.fault IS NULL OR pgjobs._refused(format('jobs[%s].', r.i) || r.fault[1], r.fault[2])
+$$;
+
 -- Enqueue many jobs given as arrays, element i of each for job i; an array of one element applies
 -- to every job; NULL, an empty array or a NULL element means the default. Checked all at once: the first wrong job,
 -- in array order, is reported and none is inserted. Keys are looked up among the caller's own jobs.
@@ -280,7 +333,6 @@ DECLARE
                                cardinality(ttl), cardinality(meta)];
     names text[] := ARRAY['task', 'args', 'queue', 'priority', 'scheduled_at', 'delay', 'group_key', 'key',
                           'max_attempts', 'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta'];
-    problem text[];
     ids bigint[];
     queues text[];
     keyed boolean;
@@ -298,6 +350,10 @@ BEGIN
                                                     n, lengths[i]));
         END IF;
     END LOOP;
+    -- From the arrays as given, before they are spread.
+    queues := CASE WHEN cardinality(queue) > 0 THEN ARRAY(SELECT DISTINCT coalesce(q, 'default') FROM unnest(queue) AS q)
+                   ELSE ARRAY['default'] END;
+    keyed := coalesce(cardinality(array_remove(key, NULL)), 0) > 0;
     -- One element for all: spread it, so that one unnest lines the jobs up.
     IF n > 1 THEN
         task := CASE WHEN cardinality(task) = 1 THEN array_fill(task[1], ARRAY[n]) ELSE task END;
@@ -320,54 +376,31 @@ BEGIN
         ttl := CASE WHEN cardinality(ttl) = 1 THEN array_fill(ttl[1], ARRAY[n]) ELSE ttl END;
         meta := CASE WHEN cardinality(meta) = 1 THEN array_fill(meta[1], ARRAY[n]) ELSE meta END;
     END IF;
-    WITH input AS MATERIALIZED (
-        SELECT r.*, nextval('pgjobs.jobs_id_seq'::regclass) AS new_id,
-               CASE WHEN uniform AND r.i > 0 THEN pgjobs._payload_problem(r.args, r.meta, cap)
-               ELSE pgjobs._job_problem(r.task, r.args, r.queue, r.priority, r.scheduled_at, r.group_key, r.key,
-                   r.max_attempts, r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl, r.meta, cap)
-               END AS fault
-        FROM (
-            SELECT u.n - 1 AS i, u.task, coalesce(u.args, '{}') AS args, coalesce(u.queue, 'default') AS queue,
-                   coalesce(u.priority, 0) AS priority,
-                   coalesce(u.scheduled_at, now() + make_interval(secs => coalesce(u.delay, 0))) AS scheduled_at,
-                   u.group_key, u.key, coalesce(u.max_attempts, 3) AS max_attempts,
-                   coalesce(u.timeout, 0) AS timeout, coalesce(u.heartbeat, 0) AS heartbeat,
-                   coalesce(u.retry_delay, 1) AS retry_delay, coalesce(u.retry_backoff, 3600) AS retry_backoff,
-                   coalesce(u.ttl, 86400) AS ttl, coalesce(u.meta, '{}') AS meta
-            FROM unnest(task, args, queue, priority, scheduled_at, delay, group_key, key, max_attempts, timeout,
-                        heartbeat, retry_delay, retry_backoff, ttl, meta) WITH ORDINALITY
-                 AS u(task, args, queue, priority, scheduled_at, delay, group_key, key, max_attempts, timeout,
-                      heartbeat, retry_delay, retry_backoff, ttl, meta, n)
-        ) r
-    ), refused AS (
-        SELECT ARRAY[format('jobs[%s].', i.i) || i.fault[1], i.fault[2]] AS problem
-        FROM input i WHERE i.fault IS NOT NULL ORDER BY i.i LIMIT 1
-    ), inserted AS (
-        INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, priority, group_key, key, max_attempts,
-                                           scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
+    -- Ids first, in array order: job i gets ids[i] whatever order the insert takes.
+    ids := ARRAY(SELECT nextval('pgjobs.jobs_id_seq'::regclass) FROM generate_series(1, n));
+    -- Without a key nothing can conflict: a plain insert, with no speculative insertion (its lock
+    -- and its extra WAL record a job cost a twentieth of the call).
+    IF keyed THEN
+        INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, priority, group_key, key, max_attempts, scheduled_at,
+                                           timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
         OVERRIDING SYSTEM VALUE  -- see _enqueue
-        SELECT i.new_id, i.queue, i.task, i.args, i.priority, i.group_key, i.key, i.max_attempts,
-               i.scheduled_at, i.timeout, i.heartbeat, i.retry_delay, i.retry_backoff, i.ttl, i.meta
-        FROM input i
-        WHERE NOT EXISTS (SELECT FROM refused)
-        ORDER BY i.i
+        SELECT * FROM pgjobs._many_rows(ids, task, args, queue, priority, scheduled_at, delay, group_key, key,
+                                        max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta,
+                                        uniform, cap)
         -- The one unique index a new job can meet. Named, so that no other is probed a row (a tenth
         -- of a batch's server time went to probing the primary key).
         ON CONFLICT (enqueued_by, key) WHERE status IN ('waiting', 'queued', 'active', 'aborting') AND key IS NOT NULL
-        DO NOTHING
-    )
-    -- The insert runs whether or not this reads it.
-    SELECT (SELECT r.problem FROM refused r), array_agg(i.new_id ORDER BY i.i), array_agg(DISTINCT i.queue),
-           bool_or(i.key IS NOT NULL)
-    INTO problem, ids, queues, keyed
-    FROM input i;
-    IF problem IS NOT NULL THEN
-        PERFORM pgjobs._refuse(problem[1], problem[2]);
-    END IF;
-    IF keyed THEN
+        DO NOTHING;
         -- A key met an unfinished job where an id did not make it in (a new statement sees them).
         ids := ARRAY(SELECT CASE WHEN EXISTS (SELECT FROM pgjobs.jobs_live t WHERE t.id = u.id) THEN u.id END
                      FROM unnest(ids) WITH ORDINALITY AS u(id, n) ORDER BY u.n);
+    ELSE
+        INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, priority, group_key, key, max_attempts, scheduled_at,
+                                           timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
+        OVERRIDING SYSTEM VALUE
+        SELECT * FROM pgjobs._many_rows(ids, task, args, queue, priority, scheduled_at, delay, group_key, key,
+                                        max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta,
+                                        uniform, cap);
     END IF;
     PERFORM pg_notify(pgjobs._channel(q), '') FROM unnest(queues) AS q;
     PERFORM pgjobs._announce_events(array_remove(ids, NULL), 'queued');

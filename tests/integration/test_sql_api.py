@@ -154,6 +154,11 @@ def test_enqueue_many_from_arrays_spreads_single_values_and_deduplicates_keys(co
         ("SELECT pgjobs.enqueue_many(ARRAY['a', 'b', 'c'], ARRAY['{}', '{}']::jsonb[])", "args: must hold one"),
         ("SELECT pgjobs.enqueue_many(ARRAY['a', 'b c'], ARRAY['{}']::jsonb[])", "jobs[1].task"),
         ("SELECT pgjobs.enqueue_many(ARRAY['a'], ARRAY['{}', '{}']::jsonb[], ttl => ARRAY[1, -9])", "jobs[1].ttl"),
+        # Two wrong jobs: the first in array order is the one reported.
+        (
+            "SELECT pgjobs.enqueue_many(ARRAY['a', 'b', 'c'], ARRAY['{}', '5', '{}']::jsonb[], ttl => ARRAY[1, 1, -9])",
+            "jobs[1].args",
+        ),
         # Options one for all are checked on the first job; every job's arguments and meta on their own.
         ("SELECT pgjobs.enqueue_many(ARRAY['a'], ARRAY['{}', '{}']::jsonb[], queue => ARRAY['a b'])", "jobs[0].queue"),
         ("SELECT pgjobs.enqueue_many(ARRAY['a b'], ARRAY['{}', '5']::jsonb[])", "jobs[0].task"),
