@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from psycopg.types.json import Jsonb
@@ -115,6 +116,63 @@ _COLUMNS = ("queue", "priority", "scheduled_at", "delay", "group_key", "key", "m
             "timeout", "heartbeat", "retry_delay", "retry_backoff", "ttl")  # fmt: skip
 
 
+def _options(o: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's options, checked and in the form enqueue sends (None: the default)."""
+    scheduled_at = o.get("scheduled")
+    if scheduled_at is not None:
+        if not isinstance(scheduled_at, dt.datetime):
+            raise ArgumentError(f"scheduled must be a datetime, got {scheduled_at!r}")
+        if scheduled_at.tzinfo is None:
+            raise ArgumentError("scheduled must be timezone-aware (for example datetime.now(UTC))")
+        if o.get("delay") is not None:
+            raise ArgumentError("give scheduled or delay, not both")
+    retries_ = _int("retries", o.get("retries"))
+    if retries_ is not None and retries_ < 0:
+        raise ArgumentError(f"retries must be >= 0, got {retries_}")
+    backoff = o.get("retry_backoff")
+    if isinstance(backoff, bool):
+        backoff = math.inf if backoff else 0.0
+    elif backoff is not None:
+        if not isinstance(backoff, int | float) or not backoff >= 0:
+            raise ArgumentError(f"retry_backoff must be a bool or a number of seconds, got {backoff!r}")
+        backoff = float(backoff)
+    ttl_ = o.get("ttl")
+    if isinstance(ttl_, dt.timedelta):
+        ttl_ = int(ttl_.total_seconds())
+    m = o.get("meta")
+    if m is not None and not isinstance(m, Mapping):
+        raise ArgumentError(f"meta must be a dict, got {type(m).__name__}")
+    parents: list[int | JobRequest] | None = None
+    if o.get("depends_on") is not None:
+        parents = []
+        for p in o["depends_on"]:
+            if isinstance(p, Job) and p.id is not None:
+                parents.append(p.id)
+            elif isinstance(p, JobRequest) or (isinstance(p, int) and not isinstance(p, bool)):
+                parents.append(p)
+            else:
+                raise ArgumentError(f"depends_on must hold job ids, Jobs or JobRequests, got {p!r}")
+    return {
+        "depends_on": tuple(parents) if parents is not None else None,
+        "queue": o.get("queue"),
+        "priority": _int("priority", o.get("priority")),
+        "scheduled_at": scheduled_at,
+        "delay": _seconds("delay", o.get("delay")),
+        "group_key": o.get("group_key"),
+        "key": o.get("key"),
+        "max_attempts": None if retries_ is None else retries_ + 1,
+        "timeout": _seconds("timeout", o.get("timeout")),
+        "heartbeat": _seconds("heartbeat", o.get("heartbeat")),
+        "retry_delay": _seconds("retry_delay", o.get("retry_delay")),
+        "retry_backoff": backoff,
+        "ttl": _int("ttl", ttl_),
+        "meta": dict(m) if m is not None else None,
+    }
+
+
+_NO_OPTIONS: Mapping[str, Any] = MappingProxyType(_options({}))
+
+
 def job(
     task: str | TaskRef,
     /,
@@ -165,56 +223,8 @@ def job(
         raise ArgumentError(f"args must be a list or a dict, got {type(args).__name__}")
     encoded = encode_arguments(name, args)
 
-    scheduled_at = o.get("scheduled")
-    if scheduled_at is not None:
-        if not isinstance(scheduled_at, dt.datetime):
-            raise ArgumentError(f"scheduled must be a datetime, got {scheduled_at!r}")
-        if scheduled_at.tzinfo is None:
-            raise ArgumentError("scheduled must be timezone-aware (for example datetime.now(UTC))")
-        if o.get("delay") is not None:
-            raise ArgumentError("give scheduled or delay, not both")
-    retries_ = _int("retries", o.get("retries"))
-    if retries_ is not None and retries_ < 0:
-        raise ArgumentError(f"retries must be >= 0, got {retries_}")
-    backoff = o.get("retry_backoff")
-    if isinstance(backoff, bool):
-        backoff = math.inf if backoff else 0.0
-    elif backoff is not None:
-        if not isinstance(backoff, int | float) or not backoff >= 0:
-            raise ArgumentError(f"retry_backoff must be a bool or a number of seconds, got {backoff!r}")
-        backoff = float(backoff)
-    ttl_ = o.get("ttl")
-    if isinstance(ttl_, dt.timedelta):
-        ttl_ = int(ttl_.total_seconds())
-    m = o.get("meta")
-    if m is not None and not isinstance(m, Mapping):
-        raise ArgumentError(f"meta must be a dict, got {type(m).__name__}")
-    parents: list[int | JobRequest] | None = None
-    if o.get("depends_on") is not None:
-        parents = []
-        for p in o["depends_on"]:
-            if isinstance(p, Job) and p.id is not None:
-                parents.append(p.id)
-            elif isinstance(p, JobRequest) or (isinstance(p, int) and not isinstance(p, bool)):
-                parents.append(p)
-            else:
-                raise ArgumentError(f"depends_on must hold job ids, Jobs or JobRequests, got {p!r}")
-    options = {
-        "depends_on": tuple(parents) if parents is not None else None,
-        "queue": o.get("queue"),
-        "priority": _int("priority", o.get("priority")),
-        "scheduled_at": scheduled_at,
-        "delay": _seconds("delay", o.get("delay")),
-        "group_key": o.get("group_key"),
-        "key": o.get("key"),
-        "max_attempts": None if retries_ is None else retries_ + 1,
-        "timeout": _seconds("timeout", o.get("timeout")),
-        "heartbeat": _seconds("heartbeat", o.get("heartbeat")),
-        "retry_delay": _seconds("retry_delay", o.get("retry_delay")),
-        "retry_backoff": backoff,
-        "ttl": _int("ttl", ttl_),
-        "meta": dict(m) if m is not None else None,
-    }
+    # No option given (the usual job): one shared mapping, which enqueue_many tells apart at once.
+    options = _options(o) if o else _NO_OPTIONS
     return JobRequest(task=name, args=args, options=options, encoded=encoded)
 
 

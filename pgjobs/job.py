@@ -39,8 +39,8 @@ class JobStatus(StrEnum):
         return self in (JobStatus.COMPLETE, JobStatus.FAILED, JobStatus.ABORTED)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+# One encoder for every call: json.dumps with options builds a new one each time (a third of its cost).
+_dumps = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
 
 def json_text(value: Any, what: str) -> str:
