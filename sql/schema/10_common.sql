@@ -155,7 +155,7 @@ END;
 $$;
 
 -- Announce jobs that took one status on pgjobs.events as the statement triggers of pgjobs.jobs do:
--- enqueue and complete_many write to jobs_live, whose statements do not fire those triggers.
+-- enqueue, dequeue and complete_many write to jobs_live, whose statements do not fire those triggers.
 CREATE OR REPLACE FUNCTION pgjobs._announce_events(ids bigint[], status pgjobs.job_status)
 RETURNS void
 LANGUAGE plpgsql AS $$

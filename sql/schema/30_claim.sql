@@ -132,11 +132,13 @@ BEGIN
         ), free AS (
             -- By id from an array: the one plan for every call must probe the primary key however
             -- many rows it guesses a claim takes (a join could hash the table).
-            UPDATE pgjobs.jobs j
+            -- The hot partition itself, as complete_many does: through pgjobs.jobs, the statement
+            -- trigger's transition tables would copy every row (claims are announced below).
+            UPDATE pgjobs.jobs_live j
             SET status = 'active', attempts = j.attempts + 1, worker_id = dequeue.worker_id,
                 started_at = now(), touched_at = now(), completed_at = NULL, group_slot = NULL
-            WHERE j.id = ANY (ARRAY(SELECT c.id FROM c WHERE c.group_key IS NULL)) AND j.expires_at IS NULL
-            RETURNING j
+            WHERE j.id = ANY (ARRAY(SELECT c.id FROM c WHERE c.group_key IS NULL))
+            RETURNING ROW(j.*)::pgjobs.jobs AS j
         )
         SELECT (SELECT array_agg(free.j) FROM free), count(*),
                array_agg(c.id ORDER BY c.priority, c.scheduled_at, c.id) FILTER (WHERE c.group_key IS NOT NULL),
@@ -162,11 +164,11 @@ BEGIN
                                   WHERE a.group_key = c.group_key AND a.status IN ('active', 'aborting')
                                     AND a.expires_at IS NULL OFFSET 0)
             ), u AS (
-                UPDATE pgjobs.jobs j
+                UPDATE pgjobs.jobs_live j
                 SET status = 'active', attempts = j.attempts + 1, worker_id = dequeue.worker_id,
                     started_at = now(), touched_at = now(), completed_at = NULL, group_slot = 0
-                WHERE j.id = ANY (ARRAY(SELECT free.id FROM free)) AND j.expires_at IS NULL
-                RETURNING j
+                WHERE j.id = ANY (ARRAY(SELECT free.id FROM free))
+                RETURNING ROW(j.*)::pgjobs.jobs AS j
             )
             SELECT array_agg(u.j) INTO grouped FROM u;
         ELSIF ids IS NOT NULL THEN
@@ -207,12 +209,12 @@ BEGIN
             LEFT JOIN slots s ON s.group_key = c.group_key AND s.nth = c.nth;
             IF claim_ids IS NOT NULL THEN
                 WITH u AS (
-                    UPDATE pgjobs.jobs j
+                    UPDATE pgjobs.jobs_live j
                     SET status = 'active', attempts = j.attempts + 1, worker_id = dequeue.worker_id,
                         started_at = now(), touched_at = now(), completed_at = NULL,
                         group_slot = claim_slots[array_position(claim_ids, j.id)]
-                    WHERE j.id = ANY (claim_ids) AND j.expires_at IS NULL
-                    RETURNING j
+                    WHERE j.id = ANY (claim_ids)
+                    RETURNING ROW(j.*)::pgjobs.jobs AS j
                 )
                 SELECT array_agg(u.j) INTO grouped FROM u;
             END IF;
@@ -220,6 +222,10 @@ BEGIN
         RETURN QUERY SELECT * FROM unnest(rows);
         RETURN QUERY SELECT * FROM unnest(grouped);
         claimed := coalesce(cardinality(rows), 0) + coalesce(cardinality(grouped), 0);
+        IF claimed > 0 THEN
+            PERFORM pgjobs._announce_events(ARRAY(SELECT t.id FROM unnest(coalesce(rows, '{}') || grouped) AS t),
+                                            'active');
+        END IF;
         wanted := wanted - claimed;
         IF limited THEN
             rows := coalesce(rows, '{}') || coalesce(grouped, '{}');
