@@ -243,8 +243,9 @@ LANGUAGE sql AS $$
 $$;
 
 -- enqueue_many's jobs as rows to insert into jobs_live, defaults applied and each checked as it
--- is read: the first wrong one (unnest yields them in array order) raises. Arrays of one length n;
--- uniform: every option is one for all, so only the first job's options are checked.
+-- is read: the first wrong one (unnest yields them in array order) raises. Each array holds one
+-- element a job, or none (the default); uniform: every option was one for all, so only the first
+-- job's options are checked.
 CREATE OR REPLACE FUNCTION pgjobs._many_rows(
     ids bigint[],
     task text[],
