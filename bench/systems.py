@@ -126,11 +126,11 @@ class Pgjobs(System):
     async def enqueue_batched(self, dsn: str, n: int, batch: int) -> float:
         import pgjobs
 
-        requests = [pgjobs.job("bench.noop", **ARGS) for _ in range(batch)]
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             started = time.perf_counter()
             for _ in range(n // batch):
-                await pgjobs.enqueue_many_async(requests, conn=conn)
+                # Each batch's requests made anew, as a user's distinct jobs are (job() encodes them).
+                await pgjobs.enqueue_many_async([pgjobs.job("bench.noop", **ARGS) for _ in range(batch)], conn=conn)
             return time.perf_counter() - started
 
     def fill(self, dsn: str, n: int, *, groups: int = 0, finished: bool = False) -> None:
@@ -205,7 +205,7 @@ class PgQueuer(System):
         q = await self._queries(conn)
         started = time.perf_counter()
         for _ in range(n):
-            await q.enqueue("noop", ARGS_JSON.encode())
+            await q.enqueue("noop", json.dumps(ARGS).encode())  # a user's payload, encoded per job
         elapsed = time.perf_counter() - started
         await conn.close()
         return elapsed
@@ -215,7 +215,7 @@ class PgQueuer(System):
         q = await self._queries(conn)
         started = time.perf_counter()
         for _ in range(n // batch):
-            await q.enqueue(["noop"] * batch, [ARGS_JSON.encode()] * batch, [0] * batch)
+            await q.enqueue(["noop"] * batch, [json.dumps(ARGS).encode() for _ in range(batch)], [0] * batch)
         elapsed = time.perf_counter() - started
         await conn.close()
         return elapsed
