@@ -195,19 +195,28 @@ def job(
     **task_kwargs: Any,
 ) -> JobRequest:
     """Describe a job to enqueue; see enqueue() for the parameters. Nothing is sent."""
-    explicit = {
-        "queue": queue, "priority": priority, "scheduled": scheduled, "delay": delay,
-        "group_key": group_key, "key": key, "retries": retries, "timeout": timeout,
-        "heartbeat": heartbeat, "retry_delay": retry_delay, "retry_backoff": retry_backoff,
-        "ttl": ttl, "meta": meta, "depends_on": depends_on,
-    }  # fmt: skip
+    defaults: Mapping[str, Any] | None = None
     if isinstance(task, str):
-        name, defaults = task, {}
-    elif isinstance(task, TaskRef):
-        name, defaults = task.name, task.options
+        name = task
     else:
-        raise ArgumentError(f"task must be a task name or a @task function, got {task!r}")
-    o = {**defaults, **{k: v for k, v in explicit.items() if v is not None}}
+        # What TaskRef describes, read directly: isinstance() against a runtime-checkable
+        # protocol took 7.6 us, half of Task.job().
+        given_name, given_options = getattr(task, "name", None), getattr(task, "options", None)
+        if not isinstance(given_name, str) or not isinstance(given_options, Mapping):
+            raise ArgumentError(f"task must be a task name or a @task function, got {task!r}")
+        name, defaults = given_name, given_options
+    if (queue is None and priority is None and scheduled is None and delay is None and group_key is None
+            and key is None and retries is None and timeout is None and heartbeat is None and retry_delay is None
+            and retry_backoff is None and ttl is None and meta is None and depends_on is None):  # fmt: skip
+        o = defaults
+    else:
+        explicit = {
+            "queue": queue, "priority": priority, "scheduled": scheduled, "delay": delay,
+            "group_key": group_key, "key": key, "retries": retries, "timeout": timeout,
+            "heartbeat": heartbeat, "retry_delay": retry_delay, "retry_backoff": retry_backoff,
+            "ttl": ttl, "meta": meta, "depends_on": depends_on,
+        }  # fmt: skip
+        o = {**(defaults or {}), **{k: v for k, v in explicit.items() if v is not None}}
 
     if args is not None and (task_args or task_kwargs):
         raise ArgumentError("pass the task's arguments either in args= or directly, not both")

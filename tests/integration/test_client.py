@@ -61,6 +61,12 @@ def test_task_decorator_options_are_defaults(env_dsn: str) -> None:
     assert send(to="direct") is None  # still callable as a plain function
 
 
+def _contains_itself() -> list[Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
@@ -72,6 +78,8 @@ def test_task_decorator_options_are_defaults(env_dsn: str) -> None:
         (lambda: pgjobs.enqueue("t", timeout="soon"), "timeout"),
         (lambda: pgjobs.enqueue("t", delay=1, scheduled=dt.datetime.now(dt.UTC)), "not both"),
         (lambda: pgjobs.enqueue("t", meta={"x": {1, 2}}), "meta"),
+        (lambda: pgjobs.enqueue("t", x=_contains_itself()), "argument 'x' of task 't'.*contains itself"),
+        (lambda: pgjobs.enqueue(42), "task must be a task name or a @task function"),
     ],
 )
 def test_values_json_cannot_carry_are_refused_before_anything_is_sent(
