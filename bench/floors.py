@@ -1,8 +1,10 @@
 """The floors under three of bench/run's targets: the least any pgjobs call could cost on this
 machine and driver, beside pgjobs and PgQueuer measured in the same run.
 
-- One enqueue per transaction (target 1.3x PgQueuer): a bare ``INSERT ... RETURNING id`` of a
-  JSON row into a table with one index, one autocommit transaction each, from psycopg.
+- One enqueue per transaction (target 1.3x PgQueuer): a bare ``INSERT ... RETURNING id`` of one
+  job into ``pgjobs.jobs_live`` (its indexes, defaults and constraints; no check, no NOTIFY, no row
+  returned), one autocommit transaction each, from psycopg; and the same into a table of two
+  columns with one index, the driver's own floor.
 - Batches of 1,000 (target 2x PgQueuer): one ``INSERT`` of 1,000 jobs built with
   ``pgjobs.job()`` into ``pgjobs.jobs_live``, every other column left to its default: no check,
   no NOTIFY, ids returned.
@@ -51,12 +53,17 @@ RETURNING j.id, j.attempts, j.task, j.args"""
 PGJOBS_CLAIM = "SELECT * FROM pgjobs.complete_and_dequeue(%(worker)s, '{default}', 10, '{}', NULL, '{}')"
 
 
-async def bare_single(dsn: str) -> float:
+async def bare_single(dsn: str, jobs_table: bool) -> float:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute("CREATE TABLE floor_single (id bigserial PRIMARY KEY, args jsonb NOT NULL)")
+        if jobs_table:
+            insert = """INSERT INTO pgjobs.jobs_live (id, task, args) OVERRIDING SYSTEM VALUE
+                        VALUES (nextval('pgjobs.jobs_id_seq'), 'bench.noop', %s) RETURNING id"""
+        else:
+            await conn.execute("CREATE TABLE floor_single (id bigserial PRIMARY KEY, args jsonb NOT NULL)")
+            insert = "INSERT INTO floor_single (args) VALUES (%s) RETURNING id"
         started = time.perf_counter()
         for _ in range(SINGLE):
-            cur = await conn.execute("INSERT INTO floor_single (args) VALUES (%s) RETURNING id", [Jsonb(ARGS)])
+            cur = await conn.execute(insert, [Jsonb(ARGS)])
             await cur.fetchall()
         return SINGLE / (time.perf_counter() - started)
 
@@ -119,7 +126,8 @@ def main() -> None:
         figures = {
             "single pgqueuer": measure(server, "pgqueuer", lambda d: _rate(pgq.enqueue_single(d, SINGLE), SINGLE)),
             "single pgjobs": measure(server, "pgjobs", lambda d: _rate(pgj.enqueue_single(d, SINGLE), SINGLE)),
-            "single floor": measure(server, "pgjobs", bare_single),
+            "single floor": measure(server, "pgjobs", lambda d: bare_single(d, jobs_table=True)),
+            "single driver floor": measure(server, "pgjobs", lambda d: bare_single(d, jobs_table=False)),
             "batches pgqueuer": measure(
                 server, "pgqueuer", lambda d: _rate(pgq.enqueue_batched(d, BATCHES * BATCH, BATCH), BATCHES * BATCH)
             ),
@@ -138,6 +146,8 @@ def main() -> None:
     for row, unit, target in (("single", "jobs/s", "1.3x"), ("batches", "jobs/s", "2x")):
         print(f"{'enqueue ' + row + ', ' + unit:44}{m[row + ' pgqueuer']:>12,.0f}{m[row + ' pgjobs']:>12,.0f}"
               f"{m[row + ' floor']:>12,.0f}  {m[row + ' floor'] / m[row + ' pgqueuer']:.2f}x, {target}")  # fmt: skip
+    print(f"{'enqueue single into a one-index table, jobs/s':44}{'':>12}{'':>12}{m['single driver floor']:>12,.0f}"
+          f"  {m['single driver floor'] / m['single pgqueuer']:.2f}x, 1.3x")  # fmt: skip
     print(f"{'claim round trip after 20 ms idle, p50 ms':44}{'':>12}{m['claim pgjobs']:>12.2f}"
           f"{m['claim floor']:>12.2f}  target for enqueue -> start: 1.2 ms")  # fmt: skip
 
