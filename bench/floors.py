@@ -35,6 +35,7 @@ from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pgjobs
 from bench.bench import fresh_database
 from bench.systems import ARGS, SYSTEMS
 from pgjobs import _database
@@ -69,8 +70,6 @@ async def bare_single(dsn: str, jobs_table: bool) -> float:
 
 
 async def bare_batches(dsn: str) -> float:
-    import pgjobs
-
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         started = time.perf_counter()
         for _ in range(BATCHES):
@@ -87,8 +86,6 @@ async def bare_batches(dsn: str) -> float:
 
 async def claim_p50(dsn: str, bare: bool) -> float:
     """Milliseconds, p50: a claim's round trip, sent GAP seconds after its job's commit."""
-    import pgjobs
-
     async with (
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as producer,
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as worker,
