@@ -111,26 +111,29 @@ def measure(server: str, name: str, what: Callable[[str], Coroutine[Any, Any, fl
         return asyncio.run(what(dsn))
 
 
+def enqueue_rate(server: str, name: str, n: int, batch: int | None = None) -> float:
+    """Jobs a second as bench/run's enqueue scenario measures them for that system."""
+    system = SYSTEMS[name]
+    with fresh_database(server, system) as dsn:
+        seconds = asyncio.run(system.enqueue_single(dsn, n) if batch is None else system.enqueue_batched(dsn, n, batch))
+    return n / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", help="server to create the databases on (default: PGJOBS_DSN or embedded)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     server = _database.resolve_dsn(args.dsn)
-    pgq, pgj = SYSTEMS["pgqueuer"], SYSTEMS["pgjobs"]
     runs: dict[str, list[float]] = {}
     for _ in range(args.repeat):
         figures = {
-            "single pgqueuer": measure(server, "pgqueuer", lambda d: _rate(pgq.enqueue_single(d, SINGLE), SINGLE)),
-            "single pgjobs": measure(server, "pgjobs", lambda d: _rate(pgj.enqueue_single(d, SINGLE), SINGLE)),
+            "single pgqueuer": enqueue_rate(server, "pgqueuer", SINGLE),
+            "single pgjobs": enqueue_rate(server, "pgjobs", SINGLE),
             "single floor": measure(server, "pgjobs", lambda d: bare_single(d, jobs_table=True)),
             "single driver floor": measure(server, "pgjobs", lambda d: bare_single(d, jobs_table=False)),
-            "batches pgqueuer": measure(
-                server, "pgqueuer", lambda d: _rate(pgq.enqueue_batched(d, BATCHES * BATCH, BATCH), BATCHES * BATCH)
-            ),
-            "batches pgjobs": measure(
-                server, "pgjobs", lambda d: _rate(pgj.enqueue_batched(d, BATCHES * BATCH, BATCH), BATCHES * BATCH)
-            ),
+            "batches pgqueuer": enqueue_rate(server, "pgqueuer", BATCHES * BATCH, BATCH),
+            "batches pgjobs": enqueue_rate(server, "pgjobs", BATCHES * BATCH, BATCH),
             "batches floor": measure(server, "pgjobs", bare_batches),
             "claim pgjobs": measure(server, "pgjobs", lambda d: claim_p50(d, bare=False)),
             "claim floor": measure(server, "pgjobs", lambda d: claim_p50(d, bare=True)),
@@ -147,10 +150,6 @@ def main() -> None:
           f"  {m['single driver floor'] / m['single pgqueuer']:.2f}x, 1.3x")  # fmt: skip
     print(f"{'claim round trip after 20 ms idle, p50 ms':44}{'':>12}{m['claim pgjobs']:>12.2f}"
           f"{m['claim floor']:>12.2f}  target for enqueue -> start: 1.2 ms")  # fmt: skip
-
-
-async def _rate(elapsed: Coroutine[Any, Any, float], n: int) -> float:
-    return n / await elapsed
 
 
 if __name__ == "__main__":
