@@ -7,14 +7,18 @@ database for the runs: each round trip records the results of the runs that fini
 before the task has) and claims jobs for the free slots, in one transaction. A heartbeat keeps
 the worker's row and its runs fresh at a steady rate.
 
-Connections: one session that LISTENs, and a pool (one connection by default) that claims,
-outcomes, heartbeats, the reaper and the scheduler take in turn. Errors a later attempt can mend
-(connection loss, a read-only or full database, no free connection slot…) are waited out with
-backoff and jitter; outcomes wait in the outbox meanwhile.
+Connections: the heart's session (heartbeats, and LISTEN between them; pgjobs._liveness), from a
+thread of its own so that no work and no busy event loop holds a beat up, and a pool (one
+connection by default) that claims, outcomes, the reaper and the scheduler take in turn. Errors a
+later attempt can mend (connection loss, a read-only or full database, no free connection slot…)
+are waited out with backoff and jitter; outcomes wait in the outbox meanwhile.
 
 A worker that could not beat for nearly as long as the reaper waits before declaring it dead
 fences itself: it stops every run it holds and claims nothing until a beat goes through again,
-so that no run of its overlaps the re-run another worker may be given.
+so that no run of its overlaps the re-run another worker may be given. A claim that returns
+while the worker is fenced is given back at once. Each beat names every run the worker holds
+(running, or finished and not yet recorded); the database settles any other run under its id
+as lost (pgjobs.worker_heartbeat), so that no job stays active under a live worker that forgot it.
 """
 
 from __future__ import annotations
@@ -33,16 +37,16 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg.rows import tuple_row
-from psycopg.types.json import Jsonb
 
 from . import _database, _sql, _tracing, migrations
 from ._executors import ProcessPool, TaskFailed, run_in_thread
+from ._liveness import FENCE_MARGIN, Beat, Fence, Heart, supervised
 from .errors import ArgumentError, ConfigurationError, DatabaseUnavailable, JobException
 from .job import Job, to_json, without_nul
 from .reaper import Reaper, ReaperConfig
@@ -69,10 +73,6 @@ DEFAULT_SCHEDULER = SchedulerConfig()
 StopReason = Literal["abort", "lost", "fenced"]
 # The same, as pgjobs_worker_kills_total counts it (None: given back at shutdown).
 _KILL_LABEL: dict[StopReason | None, str] = {"abort": "aborted", "lost": "lost", "fenced": "fenced", None: "shutdown"}
-
-# The fence acts this many heart rates before the reaper may declare the worker dead, for the
-# beat in flight and the cancellations to land.
-FENCE_MARGIN = 0.25
 
 
 def _fault(point: str) -> None:
@@ -196,25 +196,27 @@ class Worker:
         self._outage = _database.Outage(logger)
         self._pool = _database.Pool(dsn, connections, owner=self.id, outage=self._outage)
         # A pooler's server sessions cannot LISTEN for us: a DSN that bypasses it, or no listening.
-        self._listen_link: _database.Link | None = None
-        if listen_dsn is not None or not _database.pooled():
-            self._listen_link = _database.Link(
-                listen_dsn or dsn, "listen", self._listen_setup, owner=self.id, outage=self._outage,
-                direct=listen_dsn is not None,
-            )  # fmt: skip
+        listening = listen_dsn is not None or not _database.pooled()
+        self._heart = Heart(
+            listen_dsn or dsn, worker_id=self.id, heart_rate=heart_rate,
+            queues=self.queues if listening else None, direct=listen_dsn is not None, outage=self._outage,
+            runs=self._runs, stats=lambda: dict(self._stats), register=self._register_params,
+            on_beat=self._on_heartbeat, on_notify=self._on_notify, on_session=self._on_session,
+        )  # fmt: skip
         self._reaper = Reaper(dsn, reaper, holder=self.id, pool=self._pool) if reaper is not None else None
         # Seconds without a successful beat after which this worker gives up its runs.
         grace = (reaper or DEFAULT_REAPER).grace_multiplier
         self.fence_after = heart_rate * max(grace - FENCE_MARGIN, 1.0)
+        self._fence = Fence(self._heart, self.fence_after, give_up=self._give_up, resume=self._resume)
         self._scheduler = Scheduler(dsn, scheduler, owner=self.id, pool=self._pool) if scheduler is not None else None
         self.schedules = list(schedules) if schedules is not None else list(schedule_registry.values())
         self._running: dict[int, asyncio.Task[None]] = {}
-        # job id -> attempt of each run, for the heartbeat.
+        # job id -> attempt of each run claimed and not yet recorded, for the heartbeat (its thread
+        # copies it); a run leaves it once its outcome is recorded, or once it is no longer ours.
         self._held: dict[int, int] = {}
+        self._claiming = False  # a claim is in flight: its jobs may be missing from _held
         self._jobs: dict[int, Job] = {}
         self._stop_reason: dict[int, StopReason] = {}
-        self._beat_ok = time.monotonic()  # when the last beat that went through was sent
-        self._fenced = False
         self._claim_in_doubt = False  # a claim failed with the connection: did it commit?
         self._outbox: list[_Outcome] = []
         self._stopping = False
@@ -227,7 +229,6 @@ class Worker:
         self._stop_event: asyncio.Event | None = None
         # Set by the exchange loop once it has seen stop(): no claim is in flight any more.
         self._claims_over: asyncio.Event | None = None
-        self._beat_now: asyncio.Event | None = None
         # Embedding: runs that failed for good, and how start() learns the worker is up (or not).
         self._failures: list[tuple[int, str, str | None]] = []
         self._started = threading.Event()
@@ -343,7 +344,6 @@ class Worker:
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._claims_over = asyncio.Event()
-        self._beat_now = asyncio.Event()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
@@ -362,13 +362,14 @@ class Worker:
             self._remove_signal_handlers(handle_signals)
             logger.info("worker %s stopped before it started", self.id)
             return
-        self._beat_ok = time.monotonic()
+        self._heart.start(self._loop)
+        services: dict[str, Callable[[], Awaitable[None]]] = {"the fence": self._fence.run}
+        if self._reaper is not None:
+            services["the reaper"] = self._reaper.run
+        if self._scheduler is not None:
+            services["the scheduler"] = self._scheduler.run
         helpers = [
-            asyncio.create_task(self._heart_loop(), name="pgjobs-heartbeat"),
-            *([asyncio.create_task(self._listen_loop(), name="pgjobs-listen")] if self._listen_link else []),
-            asyncio.create_task(self._fence_loop(), name="pgjobs-fence"),
-            *([asyncio.create_task(self._reaper.run(), name="pgjobs-reaper")] if self._reaper else []),
-            *([asyncio.create_task(self._scheduler.run(), name="pgjobs-scheduler")] if self._scheduler else []),
+            asyncio.create_task(supervised(name, run), name=f"pgjobs-{name[4:]}") for name, run in services.items()
         ]
         exchange = asyncio.create_task(self._exchange_loop(), name="pgjobs-exchange")
         logger.info(
@@ -377,7 +378,7 @@ class Worker:
             type(asyncio.get_running_loop()).__module__.partition(".")[0],
             ", ".join(sorted(self.tasks)) or "none",
         )  # fmt: skip
-        if self._listen_link is None:
+        if not self._heart.listening:
             logger.info(
                 "behind a transaction pooler without a listen DSN: polling every %g s, cancels heard at heartbeats",
                 self.poll_interval,
@@ -397,14 +398,13 @@ class Worker:
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            await self._heart.stop()
             await self._close_processes()
             try:
                 await asyncio.wait_for(self._record_exit(), timeout=5)
             except (TimeoutError, psycopg.Error) as exc:
                 logger.warning("could not record this worker's exit (%s); the reaper will mark it dead", exc)
             await self._pool.close()
-            if self._listen_link is not None:
-                await self._listen_link.close()
             self._remove_signal_handlers(handle_signals)
             logger.info("worker %s stopped", self.id)
 
@@ -499,7 +499,7 @@ class Worker:
         while True:
             if self._stopping:
                 self._claims_over.set()
-            claiming = not self._stopping and not self._fenced
+            claiming = not self._stopping and not self._fence.fenced
             free = self.concurrency - len(self._running) if claiming else 0
             claim = free > 0 and (poll_due or self._saturated or self._wake.is_set())
             if not self._outbox and not claim:
@@ -519,12 +519,20 @@ class Worker:
                 continue
             self._wake.clear()
             poll_due = False
-            jobs = await self._exchange(free if claim else 0)
-            if claim:
-                self._saturated = len(jobs) == free
-            _fault("after_claim") if jobs else None
-            for job in jobs:
-                self._start(job)
+            self._claiming = claim
+            try:
+                jobs = await self._exchange(free if claim else 0)
+                if claim:
+                    self._saturated = len(jobs) == free
+                _fault("after_claim") if jobs else None
+                for i, job in enumerate(jobs):
+                    if self._fence.fenced:
+                        # The fence began while the claim was in flight: these runs may not start.
+                        self._give_back(jobs[i:], "the worker is fenced: it cannot prove it is alive")
+                        break
+                    self._start(job)
+            finally:
+                self._claiming = False
 
     async def _exchange(self, n: int) -> list[Job]:
         """One round trip: record the outbox's outcomes and claim up to n jobs. On an error a later
@@ -539,8 +547,7 @@ class Worker:
                     # A claim whose commit we never heard of leaves jobs active under our id: give
                     # them back (exchanges take turns, so none is in flight now; the outcomes in
                     # hand are runs of ours that finished).
-                    running = [*self._running, *(o.job.id for o in batch)]
-                    given_back = {"worker_id": self.id, "running": running}
+                    given_back = {"worker_id": self.id, "running": list(self._held)}
                     await _database.fetch_async(conn, _sql.query("job_release_unknown"), given_back)
                     self._claim_in_doubt = False
                 await self._record(conn, [o for o in batch if o.kind != "complete"], recorded)
@@ -561,6 +568,8 @@ class Worker:
         except psycopg.Error as exc:
             if n:
                 self._claim_in_doubt = self._claim_in_doubt or _database.needs_reconnect(exc)
+            for o in recorded:
+                self._forget(o.job)
             gone = {id(o) for o in recorded}
             self._outbox[:0] = [o for o in batch if id(o) not in gone]
             if not _database.transient(exc):
@@ -570,6 +579,8 @@ class Worker:
             await self._outage.backoff()
             return []
         self._outage.ok()
+        for o in recorded:
+            self._forget(o.job)
         stale = {r[0] for r in rows if not r[1]}
         for o in done:
             if o.job.id in stale:
@@ -604,111 +615,75 @@ class Worker:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    # -- heartbeat ------------------------------------------------------------------------------
-    async def _heart_loop(self) -> None:
-        """Beat at a steady rate: after a beat that took t seconds, wait heart_rate - t (none when
-        it overran); at once when the LISTEN session was (re)established."""
-        assert self._beat_now is not None
-        while True:
-            began = time.monotonic()
-            self._beat_now.clear()
-            try:
-                async with self._pool.connection("heartbeat") as conn:
-                    rows = await _database.fetch_async(conn, _sql.query("worker_heartbeat"), self._beat_params())
-                self._beat_ok = began
-                self._outage.ok()
-                self._on_heartbeat(rows[0])
-            except psycopg.errors.NoDataFound:
-                logger.warning("worker %s was forgotten by the database; registering again", self.id)
-                with contextlib.suppress(psycopg.Error):
-                    async with self._pool.connection("register") as conn:
-                        await _database.fetch_async(conn, _sql.query("worker_register"), self._register_params())
-            except psycopg.Error as exc:
-                if not _database.transient(exc):
-                    logger.error("heartbeat failed: %s", _database.first_line(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), max(0.0, self.heart_rate - (time.monotonic() - began)))
+    # -- liveness (pgjobs._liveness calls these on the loop) -------------------------------------
+    def _runs(self) -> tuple[bool, dict[int, int]]:
+        """For the heart's thread: whether a claim is in flight, then the runs held (a copy, which
+        the GIL makes whole)."""
+        return self._claiming, self._held.copy()
 
-    def _beat_params(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "job_ids": list(self._held), "attempts": list(self._held.values()),
-            "stats": Jsonb(dict(self._stats)),
-        }  # fmt: skip
-
-    def _on_heartbeat(self, row: _database.Row) -> None:
-        if row["status"] == "stopping" and not self._stopping:
+    def _on_heartbeat(self, beat: Beat) -> None:
+        if beat.status == "stopping" and not self._stopping:
             self._stop_now(" (asked through the database)")
-        for job_id in row["abort"]:
-            self._stop_run(job_id, "abort")
-        for job_id in row["lost"]:
-            self._stop_run(job_id, "lost")
+        # Stop what the beat was about: the attempts it named, not a later claim of the same job.
+        for job_id in beat.abort:
+            self._stop_run(job_id, "abort", beat.held.get(job_id))
+        for job_id in beat.lost:
+            self._stop_run(job_id, "lost", beat.held.get(job_id))
+            if job_id not in self._running and self._held.get(job_id) == beat.held.get(job_id):
+                self._held.pop(job_id, None)  # finished, its outcome not recorded: that will change nothing
+        if beat.settled:
+            self._stats["settled"] += len(beat.settled)
+            logger.warning(
+                "the database settled %d run(s) claimed under this worker's id that it did not hold: jobs %s "
+                "(each a failed attempt, retried while attempts remain)",
+                len(beat.settled), ", ".join(map(str, beat.settled)),
+            )  # fmt: skip
 
-    def _stop_run(self, job_id: int, reason: StopReason) -> None:
-        task, job = self._running.get(job_id), self._jobs.get(job_id)
-        if task is not None and job is not None and job._stopped is None:
-            job._stopped = {
-                "abort": "cancelled while running",
-                "lost": "the run is no longer this worker's",
-                "fenced": "given up: this worker could not reach the database to prove it is alive",
-            }[reason]
-            self._stop_reason[job_id] = reason
-            task.cancel()
+    def _on_notify(self, channel: str, payload: str) -> None:
+        assert self._wake is not None
+        if channel == "pgjobs.cancel":
+            for job_id in payload.split(","):
+                if job_id.isdigit():
+                    self._stop_run(int(job_id), "abort")
+        elif channel == "pgjobs.worker":
+            if payload == self.id:
+                self._stop_now(" (asked through the database)")
+        else:
+            self._wake.set()
 
-    # -- fencing --------------------------------------------------------------------------------
-    async def _fence_loop(self) -> None:
-        """Give up every run once no beat went through for fence_after seconds; take jobs again
-        once one does."""
-        while True:
-            silent = time.monotonic() - self._beat_ok
-            if silent >= self.fence_after and not self._fenced:
-                self._fenced = True
-                logger.warning(
-                    "worker %s: no heartbeat went through for %.1f s; giving up %d run(s) before the reaper "
-                    "may give them to another worker, and claiming nothing until a heartbeat goes through",
-                    self.id, silent, len(self._running),
-                )  # fmt: skip
-                for job_id in list(self._running):
-                    self._stop_run(job_id, "fenced")
-            elif silent < self.fence_after and self._fenced:
-                self._fenced = False
-                logger.warning("worker %s: heartbeats go through again; claiming jobs", self.id)
-                assert self._wake is not None
-                self._wake.set()
-            await asyncio.sleep(min(max(self.fence_after - silent, 0.0), self.heart_rate) + self.heart_rate / 20)
-
-    # -- notifications ------------------------------------------------------------------------------
-    async def _listen_setup(self, conn: AsyncConnection) -> None:
-        rows = await _database.fetch_async(conn, _sql.query("queue_channels"), {"queues": self.queues})
-        channels = [r["channel"] for r in rows] + ["pgjobs.cancel", "pgjobs.worker"]
-        await conn.execute(_database.listen_query(channels))
-        # Notifications sent while we were not listening are lost: look for work, and beat at once
-        # to learn of stop requests and cancels sent meanwhile.
+    def _on_session(self) -> None:
+        # Notifications sent while the heart had no session are lost: look for work.
         if self._wake is not None:
             self._wake.set()
-        if self._beat_now is not None:
-            self._beat_now.set()
 
-    async def _listen_loop(self) -> None:
-        assert self._wake is not None and self._listen_link is not None
-        while True:
-            try:
-                conn = await self._listen_link.get()
-                async for note in conn.notifies():
-                    if note.channel == "pgjobs.cancel":
-                        for job_id in note.payload.split(","):
-                            if job_id.isdigit():
-                                self._stop_run(int(job_id), "abort")
-                    elif note.channel == "pgjobs.worker":
-                        if note.payload == self.id:
-                            self._stop_now(" (asked through the database)")
-                    else:
-                        self._wake.set()
-            except psycopg.Error as exc:
-                if not _database.transient(exc):
-                    logger.error("listen failed: %s", _database.first_line(exc))
-                self._outage.failed("listen", exc)
-                await self._listen_link.broken(exc)
-                await self._outage.backoff()
+    def _stop_run(self, job_id: int, reason: StopReason, attempt: int | None = None) -> None:
+        task, job = self._running.get(job_id), self._jobs.get(job_id)
+        if task is None or job is None or job._stopped is not None:
+            return
+        if attempt is not None and job.attempts != attempt:
+            return
+        job._stopped = {
+            "abort": "cancelled while running",
+            "lost": "the run is no longer this worker's",
+            "fenced": "given up: this worker could not reach the database to prove it is alive",
+        }[reason]
+        self._stop_reason[job_id] = reason
+        task.cancel()
+
+    def _give_up(self, silent: float) -> None:
+        logger.warning(
+            "worker %s: no heartbeat went through for %.1f s; giving up %d run(s) before the reaper "
+            "may give them to another worker, and claiming nothing until a heartbeat goes through",
+            self.id, silent, len(self._running),
+        )  # fmt: skip
+        self._stats["fences"] += 1
+        for job_id in list(self._running):
+            self._stop_run(job_id, "fenced")
+
+    def _resume(self) -> None:
+        logger.warning("worker %s: heartbeats go through again; claiming jobs", self.id)
+        assert self._wake is not None
+        self._wake.set()
 
     # -- running jobs ---------------------------------------------------------------------------
     def _start(self, job: Job) -> None:
@@ -723,16 +698,71 @@ class Worker:
         self._running[job.id] = t
         self._jobs[job.id] = job
         self._held[job.id] = job.attempts
-        t.add_done_callback(functools.partial(self._finished, job.id))
+        t.add_done_callback(functools.partial(self._finished, job))
 
-    def _finished(self, job_id: int, _: asyncio.Task[None]) -> None:
-        self._running.pop(job_id, None)
-        self._jobs.pop(job_id, None)
-        self._stop_reason.pop(job_id, None)
-        self._kill_notes.pop(job_id, None)
-        self._held.pop(job_id, None)
+    def _finished(self, job: Job, t: asyncio.Task[None]) -> None:
+        assert job.id is not None
+        if t.cancelled():
+            # Stopped before its coroutine began (a fence or a cancel as its claim returned): no
+            # code of _execute ran, so its outcome is decided here, or the job would stay active.
+            self._to_record(self._stopped(job, 0.0, self.tasks.get(job.task)), job)
+        if self._running.get(job.id) is t:
+            del self._running[job.id], self._jobs[job.id]
+            self._stop_reason.pop(job.id, None)
+            self._kill_notes.pop(job.id, None)
         if self._saturated and self._wake is not None:
             self._wake.set()  # a slot is free and more jobs may be due
+
+    def _to_record(self, outcome: _Outcome | None, job: Job | None = None) -> None:
+        """Queue an outcome to record; None: the run is no longer ours, nothing to record."""
+        if outcome is None:
+            assert job is not None
+            self._forget(job)
+            return
+        self._outbox.append(outcome)
+        assert self._wake is not None
+        self._wake.set()
+
+    def _forget(self, job: Job) -> None:
+        """The run is recorded, or no longer ours: the heartbeat stops naming it."""
+        if job.id is not None and self._held.get(job.id) == job.attempts:
+            del self._held[job.id]
+
+    def _give_back(self, jobs: Iterable[Job], why: str) -> None:
+        """Release claimed jobs without running them (the attempt is not counted)."""
+        for job in jobs:
+            assert job.id is not None
+            logger.warning("job %d %s given back without running: %s", job.id, job.task, why)
+            self._held[job.id] = job.attempts
+            self._to_record(_Outcome("release", job, 0.0))
+
+    def _stopped(self, job: Job, elapsed: float, task: Task[..., Any] | None) -> _Outcome | None:
+        """The outcome of a run the worker stopped (see _stop_run), or of one given back at shutdown."""
+        assert job.id is not None
+        reason = self._stop_reason.get(job.id)
+        self._count_kill(task, _KILL_LABEL[reason])
+        note = self._kill_notes.get(job.id)
+        if note is not None:
+            logger.info("job %d %s stopped: %s", job.id, job.task, note)
+        if reason == "lost":
+            logger.warning("job %d %s stopped: it is no longer this worker's run", job.id, job.task)
+            return None
+        if reason == "fenced":
+            logger.warning(
+                "job %d %s given up after %.1f s: this worker cannot prove it is alive, so the reaper may "
+                "give the job to another worker; no result of this run is recorded",
+                job.id, job.task, elapsed,
+            )  # fmt: skip
+            # A failed attempt, fenced like any: once writes go through it queues the job again,
+            # unless the reaper reset the run meanwhile (then it changes nothing).
+            error = f"given up by worker {self.id}: it could not reach the database to prove it is alive"
+            return _Outcome("fail", job, elapsed, error=error)
+        if reason == "abort":
+            # A reaper kill keeps its reason (timeout, heartbeat) as the error instead.
+            error = "cancelled while running" + (f"; {note}" if note else "")
+            return _Outcome("fail", job, elapsed, error=error)
+        job._stopped = "given back to the queue: the worker is stopping"
+        return _Outcome("release", job, elapsed)
 
     async def _execute(self, job: Job) -> None:
         started = time.perf_counter()
@@ -752,33 +782,7 @@ class Worker:
             _fault("before_record")
             outcome = _Outcome("complete", job, time.perf_counter() - started, result=encoded)
         except asyncio.CancelledError:
-            assert job.id is not None
-            reason = self._stop_reason.get(job.id)
-            elapsed = time.perf_counter() - started
-            self._count_kill(task, _KILL_LABEL[reason])
-            note = self._kill_notes.get(job.id)
-            if note is not None:
-                logger.info("job %d %s stopped: %s", job.id, job.task, note)
-            if reason == "lost":
-                logger.warning("job %d %s stopped: it is no longer this worker's run", job.id, job.task)
-                outcome = None
-            elif reason == "fenced":
-                logger.warning(
-                    "job %d %s given up after %.1f s: this worker cannot prove it is alive, so the reaper may "
-                    "give the job to another worker; no result of this run is recorded",
-                    job.id, job.task, elapsed,
-                )  # fmt: skip
-                # A failed attempt, fenced like any: once writes go through it queues the job again,
-                # unless the reaper reset the run meanwhile (then it changes nothing).
-                error = f"given up by worker {self.id}: it could not reach the database to prove it is alive"
-                outcome = _Outcome("fail", job, elapsed, error=error)
-            elif reason == "abort":
-                # A reaper kill keeps its reason (timeout, heartbeat) as the error instead.
-                error = "cancelled while running" + (f"; {note}" if note else "")
-                outcome = _Outcome("fail", job, elapsed, error=error)
-            else:
-                job._stopped = "given back to the queue: the worker is stopping"
-                outcome = _Outcome("release", job, elapsed)
+            outcome = self._stopped(job, time.perf_counter() - started, task)
         except _NotRetryable as exc:
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=str(exc), retry=False)
         except TaskFailed as exc:  # raised in a child process, or the child died
@@ -791,10 +795,7 @@ class Worker:
             outcome = _Outcome("fail", job, time.perf_counter() - started, error=error)
         if traced is not None:
             _tracing.processed(traced, outcome, self._stop_reason)
-        if outcome is not None:
-            self._outbox.append(outcome)
-            assert self._wake is not None
-            self._wake.set()
+        self._to_record(outcome, job)
 
     async def _invoke(self, task: Task[..., Any], job: Job) -> Any:
         executor = self._executor_of(task)

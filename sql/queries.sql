@@ -179,8 +179,10 @@ SELECT pgjobs.worker_register(%(id)s, %(hostname)s, %(pid)s, %(os_user)s, %(queu
                               %(heart_rate)s);
 
 -- name: worker_heartbeat
--- One heartbeat: touches the worker's runs; returns its status and the runs to abort or drop.
-SELECT * FROM pgjobs.worker_heartbeat(%(id)s, %(job_ids)s::bigint[], %(attempts)s::integer[], %(stats)s::jsonb);
+-- One heartbeat: touches the worker's runs, settles the ones it lost track of; returns its status,
+-- the runs to abort or drop, and the runs settled.
+SELECT * FROM pgjobs.worker_heartbeat(%(id)s, %(job_ids)s::bigint[], %(attempts)s::integer[], %(stats)s::jsonb,
+                                     %(claiming)s);
 
 -- name: worker_stopped
 -- Record a clean exit.

@@ -153,6 +153,7 @@ const beatBell = new Bell() // beat now (the LISTEN session was (re)established)
 let claimDue = true // jobs may be waiting: a notification, a poll tick, a claim that filled every slot
 let saturated = false // the last claim filled every free slot
 let claimInDoubt = false // a claim failed with its connection: it may have committed
+let claiming = false // a claim is in flight: its jobs may be missing from what a heartbeat names
 let stopping = false
 let closed = false
 let lastBeat = performance.now() // when the last heartbeat that went through was sent
@@ -188,14 +189,18 @@ async function registerAtStart () {
 // At a steady rate: one statement refreshes this worker's row and the runs it holds (job ids with
 // the attempt that claimed each), and says which runs to stop: `abort` (cancelled, or killed by the
 // reaper for its timeout) and `lost` (reset by the reaper: maybe running elsewhere by now).
+// It names every run claimed and not yet recorded (running, or waiting in the outbox): the
+// database settles any other run under this worker's id as lost (`settled`), unless the beat says
+// a claim is in flight, whose jobs it cannot name yet.
 async function heartLoop () {
   while (!closed) {
     const began = performance.now()
-    const held = [...runs.values()].map((r) => r.job)
+    const inFlight = claiming
+    const held = [...runs.values()].map((r) => r.job).concat(outbox.map((o) => o.job))
     try {
       const { rows: [beat] } = await pool.query(
-        'SELECT status, abort, lost FROM pgjobs.worker_heartbeat($1, $2::bigint[], $3::int[])',
-        [workerId, held.map((j) => j.id), held.map((j) => j.attempts)])
+        'SELECT status, abort, lost, settled FROM pgjobs.worker_heartbeat($1, $2::bigint[], $3::int[], NULL, $4)',
+        [workerId, held.map((j) => j.id), held.map((j) => j.attempts), inFlight])
       lastBeat = began
       if (fenced) {
         fenced = false
@@ -208,6 +213,9 @@ async function heartLoop () {
       const named = new Map(held.map((j) => [j.id, j.attempts]))
       for (const id of beat.abort) stopRun(id, 'abort', named.get(id))
       for (const id of beat.lost) stopRun(id, 'lost', named.get(id))
+      if (beat.settled.length > 0) {
+        log('WARN', `the database settled ${beat.settled.length} run(s) under this worker's id that it did not hold: jobs ${beat.settled.join(', ')}`)
+      }
     } catch (err) {
       if (err.code === 'P0002') { // a reaper forgot us after a week away: start over as a worker
         log('WARN', 'this worker was forgotten by the database; registering again')
@@ -300,17 +308,28 @@ async function claimLoop () {
 async function claim (free) {
   try {
     if (claimInDoubt) await releaseUnknown()
+    claiming = true
     const { rows } = await pool.query(
       'SELECT id, task, args, attempts, max_attempts, queue, group_key, meta FROM pgjobs.dequeue($1, $2, $3)',
       [workerId, queues, free])
     recovered()
-    for (const job of rows) start(job)
+    if (fenced) { // the fence began while the claim was in flight: these runs may not start
+      for (const job of rows) {
+        log('WARN', `job ${job.id} ${job.task} given back without running: the worker is fenced`)
+        outbox.push({ kind: 'release', job, ms: 0 })
+      }
+      claimBell.ring()
+    } else {
+      for (const job of rows) start(job)
+    }
     return rows.length
   } catch (err) {
     claimInDoubt ||= !(err instanceof pg.DatabaseError) // no answer: did it commit?
     failed('claim', err)
     await backoff()
     return 0
+  } finally {
+    claiming = false
   }
 }
 

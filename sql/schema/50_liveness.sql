@@ -33,32 +33,58 @@ $$;
 
 -- One heartbeat of a worker: refreshes its row and the touched time of the runs it holds (job
 -- ids with the attempt each one claimed), all in one statement each. Returns the worker's status
--- (stopping: it was asked to stop), the runs it must stop because they are aborting, and the
--- runs that are no longer its own (reset by the reaper, maybe running elsewhere).
+-- (stopping: it was asked to stop), the runs it must stop because they are aborting, the runs
+-- that are no longer its own (reset by the reaper, maybe running elsewhere), and the runs it
+-- lost track of, which this beat settled.
+-- A lost run: active or aborting under this worker, not among the runs it holds, and claimed
+-- before its previous heartbeat, so that a claim whose answer is still on its way is never one.
+-- It ends in this statement as a failed attempt fenced by that attempt: queued again while
+-- attempts remain, else failed. A worker sends claiming = true while a claim of its own is in
+-- flight (its answer may have arrived after job_ids was read): that beat settles nothing.
 -- A worker marked dead that beats again is running again; its old runs are lost. stats, when
 -- given, replaces what the worker counts of itself (a JSON object, shown by the dashboard).
 CREATE OR REPLACE FUNCTION pgjobs.worker_heartbeat(worker_id text, job_ids bigint[] DEFAULT '{}', attempts integer[] DEFAULT '{}',
-                                                    stats jsonb DEFAULT NULL)
-RETURNS TABLE (status pgjobs.worker_status, abort bigint[], lost bigint[])
+                                                    stats jsonb DEFAULT NULL, claiming boolean DEFAULT false)
+RETURNS TABLE (status pgjobs.worker_status, abort bigint[], lost bigint[], settled bigint[])
 LANGUAGE plpgsql
 -- Rows by id through the primary key, whatever statistics the plan was made with (see dequeue).
 SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
     s pgjobs.worker_status;
+    previous timestamptz;
+    unheld bigint[];
+    unheld_attempts integer[];
+    ended bigint[];
 BEGIN
     IF jsonb_typeof(worker_heartbeat.stats) <> 'object' OR pg_column_size(worker_heartbeat.stats) > 8192 THEN
         PERFORM pgjobs._refuse('stats', 'must be a JSON object of at most 8192 bytes');
+    END IF;
+    IF cardinality(worker_heartbeat.job_ids) IS DISTINCT FROM cardinality(worker_heartbeat.attempts) THEN
+        PERFORM pgjobs._refuse('attempts', 'must hold one attempt per job id');
     END IF;
     UPDATE pgjobs.workers w
     SET heartbeat_at = now(),
         status = CASE WHEN w.status = 'dead' THEN 'running'::pgjobs.worker_status ELSE w.status END,
         stats = coalesce(worker_heartbeat.stats, w.stats)
+    FROM (SELECT o.heartbeat_at FROM pgjobs.workers o WHERE o.id = worker_heartbeat.worker_id) AS before
     WHERE w.id = worker_heartbeat.worker_id
-    RETURNING w.status INTO s;
+    RETURNING w.status, before.heartbeat_at INTO s, previous;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pgjobs: worker_id: no worker %', worker_heartbeat.worker_id
             USING ERRCODE = 'no_data_found';
+    END IF;
+    IF NOT coalesce(worker_heartbeat.claiming, false) THEN
+        SELECT array_agg(j.id), array_agg(j.attempts) INTO unheld, unheld_attempts
+        FROM pgjobs.jobs_live j
+        WHERE j.worker_id = worker_heartbeat.worker_id AND j.status IN ('active', 'aborting')
+          AND j.started_at < previous
+          AND NOT EXISTS (SELECT FROM unnest(worker_heartbeat.job_ids, worker_heartbeat.attempts) AS h(id, attempt)
+                          WHERE h.id = j.id AND h.attempt = j.attempts);
+        IF unheld IS NOT NULL THEN
+            ended := ARRAY(SELECT pgjobs._end_runs(unheld, unheld_attempts,
+                                                   'lost by worker %s: it no longer held this run'));
+        END IF;
     END IF;
     RETURN QUERY
     WITH held AS (
@@ -72,7 +98,52 @@ BEGIN
     )
     SELECT s,
            coalesce((SELECT array_agg(t.id) FROM touched t WHERE t.status = 'aborting'), '{}'),
-           coalesce((SELECT array_agg(h.id) FROM held h WHERE h.id NOT IN (SELECT t.id FROM touched t)), '{}');
+           coalesce((SELECT array_agg(h.id) FROM held h WHERE h.id NOT IN (SELECT t.id FROM touched t)), '{}'),
+           coalesce(ended, '{}');
+END;
+$$;
+
+-- End runs whose worker no longer holds them (it died, or lost track of them): each a failed
+-- attempt, fenced by the attempt named, queued again after its retry delay while attempts
+-- remain, else failed; a run a user cancelled ends aborted, one the reaper killed keeps its
+-- reason as the error. why is a format with one %s, the run's worker. Rows another session holds
+-- locked are skipped: the next pass or beat comes back to them. Returns the ids of the runs ended.
+CREATE OR REPLACE FUNCTION pgjobs._end_runs(job_ids bigint[], attempts integer[], why text)
+RETURNS SETOF bigint
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    ended bigint[];
+    finished bigint[];
+    woken text[];
+BEGIN
+    WITH run AS (
+        SELECT j.*, pgjobs._after_run(j, true) AS next
+        FROM pgjobs.jobs j
+        JOIN unnest(_end_runs.job_ids, _end_runs.attempts) AS u(id, attempt) ON j.id = u.id AND j.attempts = u.attempt
+        WHERE j.status IN ('active', 'aborting') AND j.expires_at IS NULL
+        FOR UPDATE OF j SKIP LOCKED
+    ), changed AS (
+        UPDATE pgjobs.jobs j
+        SET status = run.next,
+            error = coalesce(run.abort_reason,
+                             CASE WHEN run.next = 'aborted' THEN j.error ELSE format(_end_runs.why, run.worker_id) END),
+            abort_reason = NULL,
+            scheduled_at = CASE WHEN run.next = 'queued'
+                THEN now() + make_interval(secs => pgjobs.retry_delay_for(run.attempts, run.retry_delay, run.retry_backoff))
+                ELSE j.scheduled_at END,
+            worker_id = CASE WHEN run.next = 'queued' THEN NULL ELSE j.worker_id END,
+            completed_at = CASE WHEN run.next = 'queued' THEN NULL ELSE now() END
+        FROM run WHERE j.id = run.id AND j.expires_at IS NULL
+        RETURNING j.id, j.queue, j.status
+    )
+    SELECT array_agg(c.id), array_agg(c.id) FILTER (WHERE c.status <> 'queued'), array_agg(DISTINCT c.queue)
+    INTO ended, finished, woken
+    FROM changed c;
+    PERFORM pgjobs._announce_done(finished);
+    -- A retry, or the next job of a group, may be due: wake the workers of those queues.
+    PERFORM pg_notify(pgjobs.queue_channel(q), '') FROM unnest(woken) AS q;
+    RETURN QUERY SELECT unnest(ended);
 END;
 $$;
 
@@ -186,7 +257,6 @@ DECLARE
     n_deleted integer;
     n_workers integer;
     ended bigint[];
-    woken text[];
 BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
         PERFORM pgjobs._refuse('batch_size', format('must be at least 1, got %s', batch_size));
@@ -227,34 +297,15 @@ BEGIN
 
     -- Reset the runs of dead or stopped workers, and killed runs that no live registered worker
     -- will stop (their holder is not a worker row, e.g. a client of the SQL API).
-    WITH orphan AS (
-        SELECT j.*, pgjobs._after_run(j, true) AS next
-        FROM pgjobs.jobs j
-        LEFT JOIN pgjobs.workers w ON w.id = j.worker_id
-        WHERE j.status IN ('active', 'aborting') AND j.expires_at IS NULL
-          AND (w.status IN ('dead', 'stopped') OR (j.status = 'aborting' AND w.id IS NULL))
-        LIMIT batch_size
-        FOR UPDATE OF j SKIP LOCKED
-    ), changed AS (
-        UPDATE pgjobs.jobs j
-        SET status = orphan.next,
-            error = coalesce(orphan.abort_reason,
-                             CASE WHEN orphan.next = 'aborted' THEN j.error
-                                  ELSE format('worker %s died while running this job', orphan.worker_id) END),
-            abort_reason = NULL,
-            scheduled_at = CASE WHEN orphan.next = 'queued'
-                THEN now() + make_interval(secs => pgjobs.retry_delay_for(orphan.attempts, orphan.retry_delay, orphan.retry_backoff))
-                ELSE j.scheduled_at END,
-            worker_id = CASE WHEN orphan.next = 'queued' THEN NULL ELSE j.worker_id END,
-            completed_at = CASE WHEN orphan.next = 'queued' THEN NULL ELSE now() END
-        FROM orphan WHERE j.id = orphan.id AND j.expires_at IS NULL
-        RETURNING j.id, j.queue, j.status
-    )
-    SELECT count(*), array_agg(c.id) FILTER (WHERE c.status <> 'queued'), array_agg(DISTINCT c.queue)
-    INTO n_reset, ended, woken
-    FROM changed c;
-    PERFORM pgjobs._announce_done(ended);
-    PERFORM pg_notify(pgjobs.queue_channel(q), '') FROM unnest(woken) AS q;
+    SELECT count(*) INTO n_reset
+    FROM (SELECT coalesce(array_agg(o.id), '{}') AS ids, coalesce(array_agg(o.attempts), '{}') AS attempts
+          FROM (SELECT j.id, j.attempts
+                FROM pgjobs.jobs j
+                LEFT JOIN pgjobs.workers w ON w.id = j.worker_id
+                WHERE j.status IN ('active', 'aborting') AND j.expires_at IS NULL
+                  AND (w.status IN ('dead', 'stopped') OR (j.status = 'aborting' AND w.id IS NULL))
+                LIMIT batch_size) o) AS orphans,
+         pgjobs._end_runs(orphans.ids, orphans.attempts, 'worker %s died while running this job');
 
     -- 3. Retention: history partitions kept up, workers gone for a week forgotten.
     n_deleted := pgjobs._history_upkeep(batch_size);

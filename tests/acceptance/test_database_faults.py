@@ -137,10 +137,10 @@ def test_a_worker_keeps_to_its_connection_budget(dsn: str, tmp_path: Path) -> No
             )
             names[w.pid] = [r["application_name"].rsplit(" ", 1)[0] for r in rows]
         stop(one, two)
-    assert names[one.pid] == ["pgjobs listen", "pgjobs main"]
+    assert names[one.pid] == ["pgjobs heart", "pgjobs main"]
     # A pool opens its second connection only when two users want one at once.
-    assert names[two.pid][:2] == ["pgjobs listen", "pgjobs main0"]
-    assert set(names[two.pid]) <= {"pgjobs listen", "pgjobs main0", "pgjobs main1"}
+    assert names[two.pid][:2] == ["pgjobs heart", "pgjobs main0"]
+    assert set(names[two.pid]) <= {"pgjobs heart", "pgjobs main0", "pgjobs main1"}
 
 
 class Enqueuer(threading.Thread):

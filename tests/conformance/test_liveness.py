@@ -6,10 +6,12 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from .workers import SLACK, Fleet, enqueue, finished, jobs, query, read_runs, runs_by_job, wait_until
 
@@ -161,3 +163,41 @@ def test_a_worker_reopens_sessions_the_server_ends(one: Fleet) -> None:
     rows = jobs(one.dsn, [running, *later])
     assert {(r["status"], r["attempts"]) for r in rows.values()} == {("complete", 1)}
     assert rows[running]["result"] == {"slept": 1.5, "attempt": 1}  # recorded once the session was back
+
+
+def test_the_database_settles_a_run_under_the_worker_id_that_the_worker_does_not_hold(one: Fleet) -> None:
+    # A claim whose answer never reached the worker leaves a job active under its id that it will
+    # never run: a job claimed by hand, under the worker's id, from a queue it does not work, stands
+    # for one. The worker's heartbeats let the database settle it as a failed attempt; its own runs,
+    # running or just finished, are never settled.
+    (mine,) = enqueue(one.dsn, {"task": "conformance.sleep", "args": {"seconds": 60}})
+    worker = one.start().registered()
+    wait_until(lambda: started(one.log_dir, mine), 10, "the run")
+    (lost,) = query(
+        one.dsn,
+        "SELECT id FROM pgjobs.enqueue_many(%s)",
+        [Jsonb([{"task": "conformance.echo", "args": [1], "queue": "elsewhere", "retry_delay": 0}])],
+    )
+    t0 = time.monotonic()
+    (claimed,) = query(one.dsn, "SELECT id FROM pgjobs.dequeue(%s, '{elsewhere}', 1)", [worker.id])
+    assert claimed["id"] == lost["id"]
+
+    def settled() -> dict[str, Any] | None:
+        row = jobs(one.dsn, [lost["id"]])[lost["id"]]
+        return row if row["status"] != "active" else None
+
+    # Claimed between two beats, it is settled by the second beat after the claim.
+    row = wait_until(settled, 2 * worker.heart_rate + SLACK, "the settlement")
+    took = time.monotonic() - t0
+    assert (row["status"], row["attempts"], row["worker_id"]) == ("queued", 1, None), row
+    assert row["error"] == f"lost by worker {worker.id}: it no longer held this run"
+    # Its own run goes on, through more beats than it took to settle the other.
+    time.sleep(max(took, 2 * worker.heart_rate))
+    assert jobs(one.dsn, [mine])[mine]["status"] == "active"
+    (run,) = runs_by_job(one.log_dir)[mine]
+    assert run.end is None
+    # Quick runs that finish between beats are never settled either.
+    quick = enqueue(one.dsn, *({"task": "conformance.echo", "args": [i]} for i in range(20)))
+    wait_until(lambda: finished(one.dsn, quick), 20, "the quick runs")
+    assert {r["status"] for r in jobs(one.dsn, quick).values()} == {"complete"}
+    assert all(len(runs_by_job(one.log_dir)[i]) == 1 for i in quick)

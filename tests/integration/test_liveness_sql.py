@@ -27,10 +27,10 @@ def claim(conn: Conn, worker_id: str, n: int = 10) -> list[dict[str, Any]]:
     return conn.execute("SELECT * FROM pgjobs.dequeue(%s, '{default}', %s)", [worker_id, n]).fetchall()
 
 
-def beat(conn: Conn, worker_id: str, held: list[tuple[int, int]]) -> dict[str, Any]:
+def beat(conn: Conn, worker_id: str, held: list[tuple[int, int]], claiming: bool = False) -> dict[str, Any]:
     row = conn.execute(
-        "SELECT * FROM pgjobs.worker_heartbeat(%s, %s::bigint[], %s::int[])",
-        [worker_id, [h[0] for h in held], [h[1] for h in held]],
+        "SELECT * FROM pgjobs.worker_heartbeat(%s, %s::bigint[], %s::int[], claiming => %s)",
+        [worker_id, [h[0] for h in held], [h[1] for h in held], claiming],
     ).fetchone()
     assert row is not None
     return row
@@ -65,9 +65,60 @@ def test_a_heartbeat_touches_the_runs_and_reports_aborts_and_lost_runs(conn: Con
     # c was reset and claimed by someone else meanwhile: attempt 2 is not ours
     conn.execute("UPDATE pgjobs.jobs SET attempts = 2, worker_id = 'w2' WHERE id = %s", [c])
     row = beat(conn, "w1", [(a, 1), (b, 1), (c, 1)])
-    assert row == {"status": "running", "abort": [b], "lost": [c]}
+    assert row == {"status": "running", "abort": [b], "lost": [c], "settled": []}
     assert one(conn, "SELECT touched_at > now() - interval '1 minute' FROM pgjobs.jobs WHERE id = %s", [a])
     assert one(conn, "SELECT touched_at < now() - interval '1 minute' FROM pgjobs.jobs WHERE id = %s", [c])
+
+
+def test_a_beat_settles_the_runs_a_worker_no_longer_holds_that_it_claimed_before_its_previous_beat(
+    conn: Conn,
+) -> None:
+    register(conn, "w1")
+    kept, lost, last, cancelled = (
+        one(conn, "SELECT pgjobs.enqueue('t', max_attempts => %s, retry_delay => 0)", [n]) for n in (3, 3, 1, 3)
+    )
+    claim(conn, "w1")
+    conn.execute("SELECT pgjobs.cancel(%s)", [cancelled])
+    # Claimed after the previous beat (the registration): maybe still on their way to the worker.
+    assert beat(conn, "w1", [(kept, 1)])["settled"] == []
+    assert {r["status"] for r in conn.execute("SELECT status FROM pgjobs.jobs WHERE id <> %s", [cancelled])} == {
+        "active"
+    }
+    # Now claimed before the previous beat, and still not held: lost, each a failed attempt.
+    assert sorted(beat(conn, "w1", [(kept, 1)])["settled"]) == sorted([lost, last, cancelled])
+    rows = {r["id"]: r for r in conn.execute("SELECT * FROM pgjobs.jobs")}
+    assert (rows[kept]["status"], rows[kept]["worker_id"]) == ("active", "w1")
+    assert (rows[lost]["status"], rows[lost]["attempts"], rows[lost]["worker_id"]) == ("queued", 1, None)
+    assert rows[lost]["error"] == "lost by worker w1: it no longer held this run"
+    assert (rows[last]["status"], rows[last]["error"]) == ("failed", "lost by worker w1: it no longer held this run")
+    assert rows[cancelled]["status"] == "aborted"  # a user's cancel ends as the user asked
+    # The retry runs again, once.
+    assert [r["id"] for r in claim(conn, "w1")] == [lost]
+    assert job(conn, lost)["attempts"] == 2
+
+
+def test_a_beat_sent_while_a_claim_is_in_flight_settles_nothing(conn: Conn) -> None:
+    register(conn, "w1")
+    a = one(conn, "SELECT pgjobs.enqueue('t')")
+    claim(conn, "w1")
+    for _ in range(3):
+        assert beat(conn, "w1", [], claiming=True)["settled"] == []
+    assert job(conn, a)["status"] == "active"
+    # A run held under another attempt is not the one the database has: that one is lost.
+    assert beat(conn, "w1", [(a, 7)])["settled"] == [a]
+
+
+def test_a_beat_waits_for_no_lock_of_a_run_it_settles(conn: Conn, dsn: str) -> None:
+    register(conn, "w1")
+    a = one(conn, "SELECT pgjobs.enqueue('t')")
+    claim(conn, "w1")
+    beat(conn, "w1", [])
+    with psycopg.connect(dsn) as other:
+        other.execute("SELECT 1 FROM pgjobs.jobs WHERE id = %s FOR UPDATE", [a])
+        conn.execute("SET lock_timeout = '2s'")
+        assert beat(conn, "w1", [])["settled"] == []  # skipped, not waited for
+        other.rollback()
+    assert beat(conn, "w1", [])["settled"] == [a]
 
 
 def test_a_heartbeat_from_an_unknown_worker_is_an_error(conn: Conn) -> None:
@@ -184,7 +235,7 @@ def test_a_zombie_cannot_complete_or_touch_a_run_that_was_reset(conn: Conn) -> N
     assert one(conn, "SELECT pgjobs.complete(%s, '\"zombie\"', 1)", [job_id]) is False
     assert one(conn, "SELECT pgjobs.fail(%s, 'zombie', 1)", [job_id]) is None
     assert one(conn, "SELECT pgjobs.touch(%s, 1, 0.5)", [job_id]) is False
-    assert beat(conn, "zombie", [(job_id, 1)]) == {"status": "running", "abort": [], "lost": [job_id]}
+    assert beat(conn, "zombie", [(job_id, 1)]) == {"status": "running", "abort": [], "lost": [job_id], "settled": []}
     assert job(conn, job_id)["status"] == "active" and job(conn, job_id)["worker_id"] == "w2"
     assert one(conn, "SELECT pgjobs.complete(%s, '\"real\"', 2)", [job_id]) is True
     assert job(conn, job_id)["result"] == "real"

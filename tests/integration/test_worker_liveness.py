@@ -223,3 +223,79 @@ def test_the_reaper_keeps_up_when_more_jobs_finish_than_a_pass_may_move(env_dsn:
             await asyncio.gather(task, return_exceptions=True)
 
     assert asyncio.run(main()) == (0, 6000)
+
+
+# Runs of live.recorded: (job id, attempt, whether the worker was fenced when the task began).
+recorded_runs: list[tuple[int, int, bool]] = []
+fenced_now: list[pgjobs.Worker] = []
+
+
+@pgjobs.task(name="live.recorded", pass_job=True)
+async def recorded(job: Job) -> str:
+    assert job.id is not None
+    recorded_runs.append((job.id, job.attempts, any(w._fence.fenced for w in fenced_now)))
+    return "ran"
+
+
+def fence_now(worker: pgjobs.Worker) -> None:
+    """Make the fence begin at this very moment, as when the heart's last beat went through
+    longer ago than fence_after: the heart's next beat lifts it again."""
+    worker._heart.last_ok = float("-inf")
+    worker._fence.check()
+    assert worker._fence.fenced
+
+
+class FencedWhileClaiming(pgjobs.Worker):
+    """The fence begins while the first claim that returns jobs is in flight."""
+
+    fenced_once = False
+
+    async def _exchange(self, n: int) -> list[Job]:
+        jobs = await super()._exchange(n)
+        if jobs and not self.fenced_once:
+            self.fenced_once = True
+            fence_now(self)
+        return jobs
+
+
+class FencedAsTheClaimStarts(pgjobs.Worker):
+    """The fence begins as the first claimed job is started, before its task could begin."""
+
+    fenced_once = False
+
+    def _start(self, job: Job) -> None:
+        super()._start(job)
+        if not self.fenced_once:
+            self.fenced_once = True
+            fence_now(self)
+
+
+@pytest.mark.parametrize("worker_class", [FencedWhileClaiming, FencedAsTheClaimStarts])
+def test_a_claim_that_meets_the_fence_is_given_back_or_run_never_stranded(
+    env_dsn: str, worker_class: type[pgjobs.Worker]
+) -> None:
+    recorded_runs.clear()
+
+    async def main() -> list[Job]:
+        ids = await pgjobs.enqueue_many_async([recorded.job(retry_delay=0) for _ in range(3)])
+        worker = worker_class(env_dsn, heart_rate=0.3, poll_interval=0.2, concurrency=4, reaper=None)
+        fenced_now[:] = [worker]
+        running = asyncio.create_task(worker.run())
+        try:
+            return await pgjobs.wait_async(ids, 20, dsn=env_dsn)
+        finally:
+            worker.stop()
+            await running
+            assert worker._fence.fences == 1
+
+    jobs = asyncio.run(main())
+    assert [j.status for j in jobs] == [JobStatus.COMPLETE] * 3, [(j.status, j.error) for j in jobs]
+    # No task began while its worker was fenced, and each job ran exactly once to completion.
+    assert not [r for r in recorded_runs if r[2]], recorded_runs
+    assert sorted(r[0] for r in recorded_runs) == sorted(j.id for j in jobs)
+    if worker_class is FencedAsTheClaimStarts:
+        # The first run was given up by the fence before it began: a failed attempt, retried.
+        assert sorted(j.attempts for j in jobs) == [1, 1, 2]
+    else:
+        # Given back unstarted: the attempt is not counted.
+        assert [j.attempts for j in jobs] == [1, 1, 1]
