@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from croniter import croniter
-from croniter.croniter import CroniterError
+from croniter.croniter import CroniterBadDateError, CroniterError
 
 from . import _database, _sql, client, migrations
 from .errors import ArgumentError, PgjobsError
@@ -34,6 +34,17 @@ logger = logging.getLogger("pgjobs.scheduler")
 Missed = Literal["skip", "once", "all"]
 UTC = dt.UTC
 _JOB_OPTIONS = ("max_attempts", "timeout", "heartbeat", "retry_delay", "retry_backoff", "ttl", "meta")
+
+# The Gregorian calendar repeats every 400 years (146097 days, a whole number of weeks), so a cron
+# expression with no tick in 400 years has none ever, and one with ticks has one in every 400-year
+# span (the longest real gaps: 8 years for February 29, 40 for a fifth Friday in February).
+# croniter gives up after 50 years unless told; told this, an accepted expression always has a
+# next and a previous tick.
+_CALENDAR_CYCLE_YEARS = 400
+
+
+def _croniter(expr: str, start: dt.datetime) -> croniter:
+    return croniter(expr, start, max_years_between_matches=_CALENDAR_CYCLE_YEARS)
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,12 @@ class Schedule:
                 raise ArgumentError(f"schedule {self.name!r}: bad cron expression {self.cron!r}: {exc}") from None
             if len(self.cron.split()) > 6:
                 raise ArgumentError(f"schedule {self.name!r}: cron takes 5 fields, or 6 with seconds last")
+            try:  # a day no month has (February 30) passes croniter's syntax check, then never comes
+                _croniter(self.cron, dt.datetime(2000, 1, 1)).get_next(dt.datetime)
+            except CroniterBadDateError:
+                raise ArgumentError(
+                    f"schedule {self.name!r}: bad cron expression {self.cron!r}: no date ever matches it"
+                ) from None
         if self.every is not None and not (isinstance(self.every, int | float) and 0 <= self.every < float("inf")):
             raise ArgumentError(f"schedule {self.name!r}: every must be a number of seconds >= 0")
         try:
@@ -166,7 +183,7 @@ def _forward(schedule: Schedule, after: dt.datetime) -> Iterator[dt.datetime]:
     assert schedule.cron is not None
     zone = schedule.zone
     start = after.astimezone(zone)
-    it = croniter(schedule.cron, start)
+    it = _croniter(schedule.cron, start)
     last_wall = start.replace(tzinfo=None)
     while True:
         t: dt.datetime = it.get_next(dt.datetime)
@@ -238,7 +255,7 @@ def _latest_before(schedule: Schedule, before: dt.datetime, floor: dt.datetime, 
     if n <= 0 or before <= floor:
         return []
     assert schedule.cron is not None
-    it = croniter(schedule.cron, before.astimezone(schedule.zone))
+    it = _croniter(schedule.cron, before.astimezone(schedule.zone))
     found: list[dt.datetime] = []
     while len(found) < n:
         t = it.get_prev(dt.datetime).astimezone(UTC)
@@ -279,6 +296,8 @@ class Scheduler:
         self.config = config
         self._own_pool = pool is None
         self._pool = pool or _database.Pool(dsn, owner=owner)
+        # Rows no scheduler can run, by name: the definition warned about, skipped until it changes.
+        self._unrunnable: dict[str, str] = {}
 
     async def run_once(self) -> int:
         """One pass; returns the number of jobs enqueued."""
@@ -289,12 +308,10 @@ class Scheduler:
         fired = 0
         rows = await _database.fetch_async(conn, _sql.query("schedule_due"), {"limit": self.config.batch_size})
         for row in rows:
-            try:
-                schedule = Schedule.from_row(row)
-            except ArgumentError as exc:
-                logger.error("schedule %s cannot run: %s", row["name"], exc)
+            planned = self._plan(row)
+            if planned is None:
                 continue
-            ticks, next_run_at = plan(schedule, row["next_run_at"], row["now"], row["busy"])
+            schedule, (ticks, next_run_at) = planned
             result = await _database.fetch_async(
                 conn, _sql.query("schedule_fire"), {"name": schedule.name, "ticks": ticks, "next": next_run_at}
             )
@@ -303,6 +320,23 @@ class Scheduler:
                 logger.info("schedule %s: %d job(s) for %s", schedule.name, n, ", ".join(t.isoformat() for t in ticks))
             fired += n
         return fired
+
+    def _plan(self, row: _database.Row) -> tuple[Schedule, tuple[list[dt.datetime], dt.datetime | None]] | None:
+        """The schedule of a due row and its plan; None for a row no scheduler can run (a cron that
+        never fires or an unknown zone, stored by hand or by an older version), which is skipped
+        with one warning until it changes, so that it never holds up the schedules after it."""
+        definition = repr([row.get(f.name) for f in fields(Schedule)])
+        if self._unrunnable.get(row["name"]) == definition:
+            return None
+        try:
+            schedule = Schedule.from_row(row)
+            planned = schedule, plan(schedule, row["next_run_at"], row["now"], row["busy"])
+        except ValueError as exc:  # ArgumentError or croniter's errors: this row's fault, not the pass's
+            self._unrunnable[row["name"]] = definition
+            logger.warning("schedule %s cannot run, skipped until it changes: %s", row["name"], exc)
+            return None
+        self._unrunnable.pop(row["name"], None)
+        return planned
 
     async def run(self) -> None:
         """Pass after pass until cancelled; a pass the database refuses for now is skipped (the

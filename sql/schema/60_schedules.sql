@@ -42,12 +42,41 @@ BEGIN
 END;
 $$;
 
+-- The values of a checked cron field, as croniter reads them: * and ? are lo-hi, N/S runs from N
+-- to hi by S.
+CREATE OR REPLACE FUNCTION pgjobs._cron_values(field text, lo integer, hi integer, names text[] DEFAULT '{}')
+RETURNS SETOF integer
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    item text;
+    m text[];
+    a integer;
+    b integer;
+BEGIN
+    FOREACH item IN ARRAY string_to_array(lower(field), ',') LOOP
+        m := regexp_match(item, '^(\*|\?|[a-z0-9]+)(?:-([a-z0-9]+))?(?:/([0-9]+))?$');
+        IF m[1] IN ('*', '?') THEN
+            a := lo;
+            b := hi;
+        ELSE
+            a := CASE WHEN m[1] ~ '^[0-9]+$' THEN m[1]::integer ELSE array_position(names, m[1]) + lo - 1 END;
+            b := CASE WHEN m[2] IS NULL THEN CASE WHEN m[3] IS NULL THEN a ELSE hi END
+                      WHEN m[2] ~ '^[0-9]+$' THEN m[2]::integer
+                      ELSE array_position(names, m[2]) + lo - 1 END;
+        END IF;
+        RETURN QUERY SELECT generate_series(a, b, coalesce(m[3]::integer, 1));
+    END LOOP;
+END;
+$$;
+
 -- Check a cron expression: 5 fields (minute hour day-of-month month day-of-week), or 6 with
 -- seconds last, or one of @yearly @annually @monthly @weekly @daily @midnight @hourly.
 CREATE OR REPLACE FUNCTION pgjobs.cron_check(cron text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE
     f text[];
+    first_day integer;
+    longest integer;
 BEGIN
     IF cron IS NULL THEN
         PERFORM pgjobs._refuse('cron', 'is NULL');
@@ -67,6 +96,16 @@ BEGIN
     PERFORM pgjobs._cron_field(f[5], 'day-of-week', 0, 7, '{sun,mon,tue,wed,thu,fri,sat}');
     IF cardinality(f) = 6 THEN
         PERFORM pgjobs._cron_field(f[6], 'second', 0, 59);
+    END IF;
+    -- A day that none of the months has (February 30, April 31) never comes, and the workers would
+    -- find no next run. With a day of the week besides (not * or ?) it fires on those days.
+    IF string_to_array(lower(f[5]), ',') && ARRAY['*', '?'] THEN
+        SELECT min(d) INTO first_day FROM pgjobs._cron_values(f[3], 1, 31) d;
+        SELECT max(CASE WHEN m = 2 THEN 29 WHEN m IN (4, 6, 9, 11) THEN 30 ELSE 31 END) INTO longest
+        FROM pgjobs._cron_values(f[4], 1, 12, '{jan,feb,mar,apr,may,jun,jul,aug,sep,oct,nov,dec}') m;
+        IF first_day > longest THEN
+            PERFORM pgjobs._refuse('cron', format('%L never fires: none of its months has a day %s', cron, first_day));
+        END IF;
     END IF;
 END;
 $$;

@@ -43,6 +43,22 @@ def test_five_schedulers_on_a_one_second_cron_fire_every_tick_once(dsn: str, tmp
     assert [j["tick"] for j in jobs] == ticks and {j["n"] for j in jobs} == {1}, "a tick enqueued twice"
 
 
+def test_a_stored_cron_that_never_fires_stops_no_worker_from_firing_the_others(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:  # stored by hand, past the checks
+        conn.execute("INSERT INTO pgjobs.schedules (name, task, cron) VALUES ('feb-30', 'app.t', '0 0 30 2 *')")
+    with Process("--log-level", "warning", "worker", "tests.acceptance.periodic_tasks", "--dsn", dsn,
+                 "--schedule-interval", "0.2") as worker:  # fmt: skip
+        time.sleep(4)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0, worker.output()
+        output = worker.output()
+    with psycopg.connect(dsn) as conn:
+        fired = conn.execute("SELECT count(*) FROM pgjobs.schedule_runs WHERE schedule = 'every-second'").fetchone()
+    assert fired is not None and fired[0] >= 2, output
+    warned = [line for line in output.splitlines() if "feb-30" in line]
+    assert len(warned) == 1 and "WARNING" in warned[0] and "no date ever matches it" in warned[0], output
+
+
 def test_the_schedule_commands(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pgjobs.schedule('daily', 'app.t', cron => '0 6 * * *')")

@@ -38,6 +38,27 @@ def test_bad_schedules_are_refused_when_declared(kwargs: dict[str, object], matc
         Schedule(name="s", task="t", **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "expr", ["0 0 30 2 *", "0 0 31 4 *", "0 0 30,31 2 ?", "0 0 31 4,6,9,11 *", "0 0 31 feb-apr/2 *", "0 0 31 2 * 0"]
+)
+def test_a_cron_that_never_fires_is_refused_when_declared(expr: str) -> None:
+    with pytest.raises(ArgumentError, match="no date ever matches it"):
+        cron(expr)
+
+
+@pytest.mark.parametrize(
+    ("expr", "after", "first"),
+    [
+        ("0 0 29 2 *", "2097-01-01", "2104-02-29"),  # leap days: 2100 is no leap year
+        ("0 0 * 2 5#5", "2009-01-01", "2036-02-29"),  # a fifth Friday in February: 28 to 40 years apart
+        ("0 0 30 2 mon", "2026-01-01", "2026-02-02"),  # day 30 or a Monday: the Mondays fire
+        ("0 0 31 2/2 *", "2026-01-01", "2026-08-31"),  # February, April, June, August…
+    ],
+)
+def test_rare_crons_are_accepted_and_find_their_next_tick(expr: str, after: str, first: str) -> None:
+    assert next_tick(cron(expr), at(f"{after}T00:00+00:00")) == at(f"{first}T00:00+00:00")
+
+
 def test_cron_ticks_in_a_range_include_the_start_and_exclude_the_end() -> None:
     ticks = ticks_between(cron("0 6 * * *"), at("2026-10-01T06:00+00:00"), at("2026-11-01T06:00+00:00"))
     assert len(ticks) == 31 and ticks[0] == at("2026-10-01T06:00+00:00") and ticks[-1] == at("2026-10-31T06:00+00:00")
