@@ -12,6 +12,8 @@ from psycopg.rows import dict_row
 
 import pgjobs
 from pgjobs import Job, JobStatus, ReaperConfig
+from pgjobs.reaper import ReapCounts
+from pgjobs.schedules import SchedulerConfig
 
 from .test_worker import nap, run_with_worker, sync_nap
 
@@ -299,3 +301,57 @@ def test_a_claim_that_meets_the_fence_is_given_back_or_run_never_stranded(
     else:
         # Given back unstarted: the attempt is not counted.
         assert [j.attempts for j in jobs] == [1, 1, 1]
+
+
+class Injected(Exception):
+    """An unforeseen failure, raised once inside one of the worker's services."""
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, calls: list[int]) -> None:
+    """Make owner.name raise Injected on its first call, and count every call after that."""
+    original = getattr(owner, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise Injected(f"injected into {name}")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+@pytest.mark.parametrize(
+    ("service", "owner", "name"),
+    [
+        ("the heartbeat", "pgjobs._liveness.Heart", "_beat"),
+        ("the heartbeat", "psycopg.Connection", "notifies"),  # the LISTEN between beats
+        ("the fence", "pgjobs._liveness.Fence", "check"),
+        ("the reaper", "pgjobs.reaper.Reaper", "run_once"),
+        ("the reaper", "pgjobs.reaper.Reaper", "vacuum_if_due"),
+        ("the scheduler", "pgjobs.schedules.Scheduler", "run_once"),
+    ],
+)
+def test_a_service_that_fails_unexpectedly_is_logged_and_restarted(
+    env_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, service: str, owner: str,
+    name: str,
+) -> None:  # fmt: skip
+    module, _, cls = owner.rpartition(".")
+    calls: list[int] = []
+    fail_once(monkeypatch, getattr(__import__(module, fromlist=[cls]), cls), name, calls)
+    if name == "vacuum_if_due":
+        monkeypatch.setattr("pgjobs.reaper.Reaper.run_once", lambda self: asyncio.sleep(0, ReapCounts()))
+
+    async def body(worker: pgjobs.Worker) -> tuple[int, Job]:
+        deadline = time.monotonic() + 15
+        while len(calls) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        job = await nap.enqueue_async(0)
+        return worker._fence.fences, await wait_for(env_dsn, job.id)
+
+    options = {**FAST, "scheduler": SchedulerConfig(interval=0.2)}
+    fences, job = run_with_worker(env_dsn, body, **options)
+    assert len(calls) >= 3, f"{name} was not called again after it failed"
+    failures = [r for r in caplog.records if "failed unexpectedly; restarting it" in r.getMessage()]
+    assert [r.getMessage().split(" failed")[0] for r in failures] == [service]
+    assert failures[0].exc_info is not None and isinstance(failures[0].exc_info[1], Injected)
+    assert job.status is JobStatus.COMPLETE and fences == 0
