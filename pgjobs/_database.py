@@ -10,6 +10,7 @@ import math
 import os
 import random
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
@@ -71,6 +72,10 @@ def _connect_error(dsn: str, exc: Exception) -> ConfigurationError:
     reason = lines[-1] if lines else type(exc).__name__
     reason = reason.replace(dsn, redact(dsn))
     message = f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}"
+    if _REFUSED_OPTIONS.search(text):
+        return ConfigurationError(
+            f"{message} (a pooler, refusing the options that the DSN or PGOPTIONS sets: set them on the server)"
+        )
     if isinstance(exc, psycopg.OperationalError) and not _FATAL_CONNECT.search(text):
         return DatabaseUnavailable(message)
     return ConfigurationError(message)
@@ -93,16 +98,69 @@ def dead_peer_timeout() -> float:
     return value
 
 
-def pooled() -> bool:
-    """Whether ``PGJOBS_POOLED`` says the DSN leads to a pooler that hands each transaction any
-    server session (PgBouncer with ``pool_mode = transaction``): then no session state is set or
-    relied on (no startup ``options``, no prepared statements, no LISTEN)."""
+def pooled(dsn: str | None = None) -> bool:
+    """Whether the DSN leads to a pooler that hands each transaction any server session (PgBouncer
+    with ``pool_mode = transaction``): then no session state is set or relied on (no startup
+    ``options``, no prepared statements, no LISTEN).
+
+    ``PGJOBS_POOLED`` says so for every DSN of the process. Without it, a DSN counts as pooled from
+    the moment one of its connections was refused the startup ``options`` (see connect()): ask with
+    the DSN, after its first connection, to learn that too."""
     text = os.environ.get("PGJOBS_POOLED", "").strip().lower()
-    if text in ("", "0", "false", "no", "off"):
-        return False
     if text in ("1", "true", "yes", "on"):
         return True
-    raise ConfigurationError(f"PGJOBS_POOLED must be 1 or 0 (true/false, yes/no, on/off), got {text!r}")
+    if text not in ("", "0", "false", "no", "off"):
+        raise ConfigurationError(f"PGJOBS_POOLED must be 1 or 0 (true/false, yes/no, on/off), got {text!r}")
+    return dsn is not None and _pooler_key(dsn) in _poolers
+
+
+# What a pooler answers to the startup ``options`` pgjobs sends: PgBouncer up to 1.19 refuses the
+# parameter ("unsupported startup parameter: options"), later ones the settings in it
+# ("unsupported startup parameter in options: tcp_keepalives_idle"); hosted poolers say the same.
+_REFUSED_OPTIONS = re.compile(r"unsupported startup parameter(:\s*options\b| in options)", re.IGNORECASE)
+
+# The DSNs found to lead to a pooler in this process (see pooled()), and those it was said of.
+_poolers: set[object] = set()
+_announced: set[object] = set()
+_poolers_lock = threading.Lock()
+
+
+def _pooler_key(dsn: str) -> object:
+    """The DSN as its parameters, so that the same target written another way is the same."""
+    try:
+        return tuple(sorted((k, str(v)) for k, v in conninfo_to_dict(dsn).items()))
+    except psycopg.ProgrammingError:
+        return dsn
+
+
+def _pooler_refused(dsn: str, exc: psycopg.OperationalError, params: dict[str, Any], direct: bool) -> bool:
+    """Whether exc is a pooler refusing the startup ``options`` that session_params() added, so that
+    an attempt without them may succeed. Such a refusal makes the DSN pooled(dsn) from then on;
+    ``direct``, it raises ConfigurationError instead."""
+    if not _REFUSED_OPTIONS.search(str(exc)):
+        return False
+    with _poolers_lock:
+        _poolers.add(_pooler_key(dsn))
+    if direct:
+        raise ConfigurationError(
+            f"{redact(dsn)} leads to a pooler, not to PostgreSQL itself (it refused the startup parameter "
+            "options): this connection needs a server session of its own, give PostgreSQL's own DSN"
+        )
+    return "options" in params  # else the DSN's own options: _connect_error says so
+
+
+def _switched(dsn: str) -> None:
+    """Say once per DSN, at INFO, that pgjobs found a pooler behind it and works in pooled mode."""
+    key = _pooler_key(dsn)
+    with _poolers_lock:
+        if key in _announced:
+            return
+        _announced.add(key)
+    logger.info(
+        "%s is a pooler (it refused the startup parameter options): running in pooled mode (no startup "
+        "options, prepared statements or LISTEN through it); set PGJOBS_POOLED=1 to say so",
+        redact(dsn),
+    )
 
 
 def session_params(dsn: str, application_name: str = "pgjobs", *, direct: bool = False) -> dict[str, Any]:
@@ -116,7 +174,7 @@ def session_params(dsn: str, application_name: str = "pgjobs", *, direct: bool =
     cannot hold row locks. The server side gets the same through ``options``. The session is named
     (``application_name``, truncated by the server to 63 bytes) so operators can tell them apart.
 
-    Behind a transaction pooler (pooled(), unless ``direct``: a DSN that bypasses it) the server
+    Behind a transaction pooler (pooled(dsn), unless ``direct``: a DSN that bypasses it) the server
     sessions are the pooler's: no ``options`` (PgBouncer refuses them), and statements are not
     prepared (a prepared statement lives in one server session, the next transaction may get another).
     """
@@ -136,7 +194,7 @@ def session_params(dsn: str, application_name: str = "pgjobs", *, direct: bool =
         "tcp_keepalives_idle": idle, "tcp_keepalives_interval": interval, "tcp_keepalives_count": "4",
         "tcp_user_timeout": user_timeout, "idle_in_transaction_session_timeout": f"{idle}s",
     }  # fmt: skip
-    if pooled() and not direct:
+    if pooled(dsn) and not direct:
         params["prepare_threshold"] = None
         return params
     options = str(given.get("options") or "")
@@ -150,10 +208,21 @@ def connect(
     dsn: str, *, autocommit: bool = True, name: str = "pgjobs", direct: bool = False
 ) -> psycopg.Connection[Row]:
     """A connection returning dict rows, with session_params() (``name`` is its application_name;
-    ``direct``: the DSN bypasses a pooler); a wrong DSN raises ConfigurationError with one line."""
+    ``direct``: the DSN must lead to PostgreSQL itself, not to a pooler); a wrong DSN raises
+    ConfigurationError with one line.
+
+    A DSN found to lead to a pooler (it refuses the startup ``options``: PgBouncer) is connected to
+    again at once without them, and is pooled(dsn) from then on; ``direct``, it is refused instead."""
     try:
         params = session_params(dsn, name, direct=direct)
-        conn = psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
+        try:
+            conn = psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
+        except psycopg.OperationalError as exc:
+            if not _pooler_refused(dsn, exc, params, direct):
+                raise
+            params = session_params(dsn, name)  # pooled now
+            conn = psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
+            _switched(dsn)
     except (psycopg.Error, ValueError) as exc:
         raise _connect_error(dsn, exc) from None
     _decode_json(conn)
@@ -166,7 +235,14 @@ async def connect_async(
     """The async twin of connect()."""
     try:
         params = session_params(dsn, name, direct=direct)
-        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
+        try:
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
+        except psycopg.OperationalError as exc:
+            if not _pooler_refused(dsn, exc, params, direct):
+                raise
+            params = session_params(dsn, name)  # pooled now
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, row_factory=dict_row, **params)
+            _switched(dsn)
     except (psycopg.Error, ValueError) as exc:
         raise _connect_error(dsn, exc) from None
     _decode_json(conn)
@@ -252,7 +328,8 @@ _RECONNECT_CODES = {"25006", "57P01", "57P02", "57P03", "25P03"}
 _FATAL_CONNECT = re.compile(
     r"password authentication failed|authentication failed|no pg_hba\.conf entry|role \".*\" does not exist"
     r"|database \".*\" does not exist|invalid connection option|invalid (sslmode|integer) value|"
-    r"password supplied|requires a password|server does not support SSL|invalid (URI|dsn)",
+    r"password supplied|requires a password|server does not support SSL|invalid (URI|dsn)"
+    r"|unsupported startup parameter",  # a pooler (PgBouncer) refusing what the DSN asks for
     re.IGNORECASE,
 )
 

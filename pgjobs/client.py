@@ -507,18 +507,26 @@ def _parse_events(payload: str) -> list[Event]:
     return events
 
 
-def _listening_session() -> None:
-    if _database.pooled():
+def _listening_session(dsn: str | None = None) -> None:
+    """Refuse a pooler: PGJOBS_POOLED, or a DSN found to lead to one."""
+    if _database.pooled() or (dsn is not None and _database.pooled(dsn)):
+        why = "PGJOBS_POOLED is set" if dsn is None else f"{_database.redact(dsn)} is one: it refused startup options"
         raise ConfigurationError(
             "following events needs a session of its own: give the DSN of PostgreSQL itself, not of a "
-            "transaction pooler (PGJOBS_POOLED is set)"
+            f"transaction pooler ({why})"
         )
 
 
 def events(*, dsn: str | None = None, timeout: float | None = None) -> Iterator[Event]:
     """Follow job state changes as they commit (until the timeout, if given)."""
     _listening_session()
-    with _database.connect(migrations.prepare(dsn)) as conn:
+    target = migrations.prepare(dsn)
+    try:
+        conn = _database.connect(target, direct=True)
+    except ConfigurationError:
+        _listening_session(target)
+        raise
+    with conn:
         _database.fetch(conn, _sql.query("listen"), {"channel": "pgjobs.events"})
         for note in conn.notifies(timeout=timeout):
             yield from _parse_events(note.payload)
@@ -527,7 +535,12 @@ def events(*, dsn: str | None = None, timeout: float | None = None) -> Iterator[
 async def events_async(*, dsn: str | None = None, timeout: float | None = None) -> AsyncIterator[Event]:
     """The async twin of events()."""
     _listening_session()
-    conn = await _database.connect_async(await asyncio.to_thread(migrations.prepare, dsn))
+    target = await asyncio.to_thread(migrations.prepare, dsn)
+    try:
+        conn = await _database.connect_async(target, direct=True)
+    except ConfigurationError:
+        _listening_session(target)
+        raise
     try:
         await _database.fetch_async(conn, _sql.query("listen"), {"channel": "pgjobs.events"})
         async for note in conn.notifies(timeout=timeout):

@@ -364,7 +364,8 @@ async def wait_async(job_ids: Iterable[int], timeout: float | None = None, *, ds
     target = await asyncio.to_thread(migrations.prepare, dsn)
     conn = await _database.connect_async(target)
     # Behind a transaction pooler no session is ours to LISTEN on: re-reads only, a second apart at most.
-    listening, most = not _database.pooled(), _RECHECK_MAX if not _database.pooled() else 1.0
+    pooled = _database.pooled(target)  # asked after the connection: it may have found a pooler
+    listening, most = not pooled, _RECHECK_MAX if not pooled else 1.0
     try:
         # A client kept off the channels finds its jobs finished by the re-reads below.
         if listening:

@@ -111,14 +111,27 @@ def migrate(dsn: str | None = None, *, target: int | None = None) -> list[int]:
 
     A negative list entry means that version was rolled back.
     """
+    # The migration lock is a session's, and a transaction pooler gives each statement any session.
     if _database.pooled():
-        # The migration lock is a session's, and a transaction pooler gives each statement any session.
-        raise ConfigurationError(
-            "pgjobs migrate needs a session of its own: run it against PostgreSQL itself, not through "
-            "a transaction pooler (unset PGJOBS_POOLED and give the server's DSN)"
-        )
-    with _database.connect(_database.resolve_dsn(dsn)) as conn:
+        raise _needs_a_session("unset PGJOBS_POOLED and give the server's DSN")
+    dsn = _database.resolve_dsn(dsn)
+    try:
+        conn = _database.connect(dsn, direct=True)
+    except ConfigurationError:
+        if _database.pooled(dsn):
+            raise _needs_a_session(
+                f"{_database.redact(dsn)} is one: it refused the startup parameter options; give the server's DSN"
+            ) from None
+        raise
+    with conn:
         return migrate_connection(conn, target=target)
+
+
+def _needs_a_session(why: str) -> ConfigurationError:
+    return ConfigurationError(
+        "pgjobs migrate needs a session of its own: run it against PostgreSQL itself, not through "
+        f"a transaction pooler ({why})"
+    )
 
 
 def migrate_connection(conn: psycopg.Connection[_database.Row], *, target: int | None = None) -> list[int]:

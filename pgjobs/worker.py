@@ -362,6 +362,8 @@ class Worker:
             self._remove_signal_handlers(handle_signals)
             logger.info("worker %s stopped before it started", self.id)
             return
+        if not self._heart.direct and _database.pooled(self.dsn):
+            self._heart.queues = None  # registering found a transaction pooler: no LISTEN through it
         self._heart.start(self._loop)
         services: dict[str, Callable[[], Awaitable[None]]] = {"the fence": self._fence.run}
         if self._reaper is not None:
