@@ -12,7 +12,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -391,23 +391,19 @@ class Link:
     """One long-lived async connection, reopened with backoff and jitter after it breaks.
 
     :param name: what the connection is for, in logs; with ``owner`` its application_name.
-    :param setup: run on each new connection (LISTEN…) before it is handed out.
     :param owner: who holds it (a worker id), so that operators can tell sessions apart.
     :param outage: where failures are reported, for one log line per outage.
-    :param direct: the DSN bypasses a transaction pooler (see session_params).
     """
 
     def __init__(
         self,
         dsn: str,
         name: str,
-        setup: Callable[[psycopg.AsyncConnection[Row]], Awaitable[None]] | None = None,
         *,
         owner: str | None = None,
         outage: Outage | None = None,
-        direct: bool = False,
     ) -> None:
-        self.dsn, self.name, self.setup, self.direct = dsn, name, setup, direct
+        self.dsn, self.name = dsn, name
         self.application_name = f"pgjobs {name} {owner}" if owner else f"pgjobs {name}"
         self.outage = outage or Outage()
         self.conn: psycopg.AsyncConnection[Row] | None = None
@@ -416,17 +412,8 @@ class Link:
         """The connection, reconnecting with backoff until it works (an outage is reported, not raised)."""
         while self.conn is None or self.conn.closed:
             try:
-                conn = await connect_async(self.dsn, name=self.application_name, direct=self.direct)
-                try:
-                    if self.setup is not None:
-                        await self.setup(conn)
-                except BaseException:
-                    await conn.close()
-                    raise
-                self.conn = conn
-            except (ConfigurationError, psycopg.Error) as exc:
-                if not (isinstance(exc, ConfigurationError) or transient(exc)):
-                    raise
+                self.conn = await connect_async(self.dsn, name=self.application_name)
+            except ConfigurationError as exc:  # DatabaseUnavailable too: both may mend
                 self.outage.failed(f"{self.name} connection", exc)
                 await self.outage.backoff()
         return self.conn

@@ -199,8 +199,10 @@ class Heart:
                 now = time.monotonic()
                 if now >= due or self._beat_now.is_set():
                     self._beat_now.clear()
-                    due = now + self._beat(conn)
-                    if conn.closed:
+                    wait = self._beat(conn)
+                    due = time.monotonic() + wait
+                    if conn.closed:  # a session the beat found useless (a standby, a dying server)
+                        self._stop.wait(wait)
                         return
                     continue
                 wait = min(due - now, _SLICE)
