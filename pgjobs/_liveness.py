@@ -35,6 +35,11 @@ logger = logging.getLogger("pgjobs.worker")
 # latency of the thread, and of a beat asked for out of turn.
 _SLICE = 0.1
 
+# Channels that say a run was cancelled or the worker was asked to stop. PostgreSQL checks no
+# privilege on NOTIFY, so what they carry is never acted on: they make the heart beat at once, and
+# the beat's answer (the runs to abort, the worker's status) is what the worker obeys.
+_ASK_THE_DATABASE = frozenset({"pgjobs.cancel", "pgjobs.worker"})
+
 # The fence acts this many heart rates before the reaper may declare the worker dead, for the
 # beat in flight and the cancellations to land.
 FENCE_MARGIN = 0.25
@@ -98,8 +103,8 @@ class Heart:
     :param stats: what the worker counts of itself, read in this thread.
     :param register: parameters of worker_register, for a worker the database forgot.
     :param on_beat, on_notify, on_session: run on ``loop`` after each beat that went through,
-        for each notification (channel, payload), and once a session is (re)established
-        (notifications sent meanwhile were lost).
+        for each notification on a queue's channel (channel, payload: a hint to look for work),
+        and once a session is (re)established (notifications sent meanwhile were lost).
     """
 
     def __init__(
@@ -210,7 +215,10 @@ class Heart:
                     self._stop.wait(wait)
                 else:
                     for note in conn.notifies(timeout=wait):
-                        self._call(self._on_notify, note.channel, note.payload)
+                        if note.channel in _ASK_THE_DATABASE:
+                            self._beat_now.set()  # a hint only: any login may NOTIFY; the beat says what is so
+                        else:
+                            self._call(self._on_notify, note.channel, note.payload)
         except psycopg.Error as exc:  # the session broke while listening
             if not _database.transient(exc):
                 logger.error("listen failed: %s", _database.first_line(exc))

@@ -498,13 +498,32 @@ class Event:
     status: JobStatus
 
 
-def _parse_events(payload: str) -> list[Event]:
+_STATUSES = {s.value: s for s in JobStatus}
+
+
+def _announced(payload: str) -> list[Event]:
+    """The events a notification announces: items that are not ``id:status`` are ignored."""
     events = []
     for item in payload.split(","):
         job_id, _, status = item.partition(":")
-        if job_id.isdigit() and status:
-            events.append(Event(int(job_id), JobStatus(status)))
+        if job_id.isdigit() and status in _STATUSES:
+            events.append(Event(int(job_id), _STATUSES[status]))
     return events
+
+
+def _confirmed(announced: list[Event], rows: list[_database.Row]) -> list[Event]:
+    """The announced events the database confirms (any login may NOTIFY, so an announcement alone
+    proves nothing): a final status when the job, as this session may see it, has it now; a
+    passing one when the job exists (and, for active and aborting, was claimed), since it may
+    have moved on by the time it is read."""
+    found = {r["id"]: r for r in rows}
+
+    def holds(e: Event, row: _database.Row) -> bool:
+        if e.status.finished:
+            return bool(row["status"] == e.status.value)
+        return e.status is JobStatus.QUEUED or bool(row["started"])
+
+    return [e for e in announced if e.job_id in found and holds(e, found[e.job_id])]
 
 
 def _listening_session(dsn: str | None = None) -> None:
@@ -518,7 +537,9 @@ def _listening_session(dsn: str | None = None) -> None:
 
 
 def events(*, dsn: str | None = None, timeout: float | None = None) -> Iterator[Event]:
-    """Follow job state changes as they commit (until the timeout, if given)."""
+    """Follow job state changes as they commit (until the timeout, if given). Each announced change
+    is checked against the job as this session may read it: a job it may not read is never
+    reported, and a final status (complete, failed, aborted) only when the job has it."""
     _listening_session()
     target = migrations.prepare(dsn)
     try:
@@ -528,8 +549,17 @@ def events(*, dsn: str | None = None, timeout: float | None = None) -> Iterator[
         raise
     with conn:
         _database.fetch(conn, _sql.query("listen"), {"channel": "pgjobs.events"})
-        for note in conn.notifies(timeout=timeout):
-            yield from _parse_events(note.payload)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            # The batch ends before the jobs are read: the session is busy while notifies() runs.
+            notes = list(conn.notifies(timeout=remaining, stop_after=1))
+            announced = [e for note in notes for e in _announced(note.payload)]
+            if announced:
+                ids = {"ids": [e.job_id for e in announced]}
+                yield from _confirmed(announced, _database.fetch(conn, _sql.query("job_status_many"), ids))
 
 
 async def events_async(*, dsn: str | None = None, timeout: float | None = None) -> AsyncIterator[Event]:
@@ -543,8 +573,17 @@ async def events_async(*, dsn: str | None = None, timeout: float | None = None) 
         raise
     try:
         await _database.fetch_async(conn, _sql.query("listen"), {"channel": "pgjobs.events"})
-        async for note in conn.notifies(timeout=timeout):
-            for event in _parse_events(note.payload):
-                yield event
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            notes = [note async for note in conn.notifies(timeout=remaining, stop_after=1)]
+            announced = [e for note in notes for e in _announced(note.payload)]
+            if announced:
+                ids = {"ids": [e.job_id for e in announced]}
+                rows = await _database.fetch_async(conn, _sql.query("job_status_many"), ids)
+                for event in _confirmed(announced, rows):
+                    yield event
     finally:
         await conn.close()

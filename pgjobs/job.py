@@ -388,7 +388,8 @@ async def wait_async(job_ids: Iterable[int], timeout: float | None = None, *, ds
                 await asyncio.sleep(timeout)
                 continue
             async for note in conn.notifies(timeout=timeout):
-                if pending.intersection(int(i) for i in note.payload.split(",") if i):
+                # A hint to read again (any login may NOTIFY): ids are taken only as digits.
+                if pending.intersection(int(i) for i in note.payload.split(",") if i.isdigit()):
                     break
     finally:
         await conn.close()

@@ -642,16 +642,9 @@ class Worker:
             )  # fmt: skip
 
     def _on_notify(self, channel: str, payload: str) -> None:
+        # A queue's channel: jobs may be due, which the next claim finds out.
         assert self._wake is not None
-        if channel == "pgjobs.cancel":
-            for job_id in payload.split(","):
-                if job_id.isdigit():
-                    self._stop_run(int(job_id), "abort")
-        elif channel == "pgjobs.worker":
-            if payload == self.id:
-                self._stop_now(" (asked through the database)")
-        else:
-            self._wake.set()
+        self._wake.set()
 
     def _on_session(self) -> None:
         # Notifications sent while the heart had no session are lost: look for work.

@@ -61,6 +61,10 @@ SELECT * FROM pgjobs.jobs WHERE id = %(id)s;
 -- Several jobs by id.
 SELECT * FROM pgjobs.jobs WHERE id = ANY (%(ids)s);
 
+-- name: job_status_many
+-- The status of several jobs by id, as this session may see them, and whether each was ever claimed.
+SELECT id, status::text AS status, started_at IS NOT NULL AS started FROM pgjobs.jobs WHERE id = ANY (%(ids)s);
+
 -- name: job_cancel
 -- Cancel one job; returns its status afterwards (NULL for an unknown id).
 SELECT pgjobs.cancel(%(id)s) AS status;

@@ -274,11 +274,11 @@ async function listenLoop () {
   }
 }
 
-function onNotification ({ channel, payload }) {
-  if (channel === 'pgjobs.cancel') {
-    for (const id of payload.split(',')) stopRun(id, 'abort')
-  } else if (channel === 'pgjobs.worker') {
-    if (payload === workerId) stop('asked through the database')
+// Any login may NOTIFY any channel: a notification is a hint to look, never an order. A cancel or
+// a stop request makes the heart beat now; the beat says which runs to abort and whether to stop.
+function onNotification ({ channel }) {
+  if (channel === 'pgjobs.cancel' || channel === 'pgjobs.worker') {
+    beatBell.ring()
   } else {
     claimDue = true
     claimBell.ring()

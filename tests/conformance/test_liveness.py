@@ -201,3 +201,20 @@ def test_the_database_settles_a_run_under_the_worker_id_that_the_worker_does_not
     wait_until(lambda: finished(one.dsn, quick), 20, "the quick runs")
     assert {r["status"] for r in jobs(one.dsn, quick).values()} == {"complete"}
     assert all(len(runs_by_job(one.log_dir)[i]) == 1 for i in quick)
+
+
+def test_forged_cancels_and_stop_requests_are_hints_that_change_nothing(one: Fleet) -> None:
+    # Any login may NOTIFY any channel: a worker takes pgjobs.cancel and pgjobs.worker as hints to
+    # ask the database (a beat), and obeys the answer, never the payload.
+    (job_id,) = enqueue(one.dsn, {"task": "conformance.sleep", "args": {"seconds": 1.5}})
+    worker = one.start().registered()
+    wait_until(lambda: started(one.log_dir, job_id), 10, "the run")
+    for channel, payload in (("pgjobs.cancel", str(job_id)), ("pgjobs.worker", worker.id)):
+        query(one.dsn, "SELECT pg_notify(%s, %s)", [channel, payload])
+    wait_until(lambda: finished(one.dsn, [job_id]), 15, "the run finishing")
+    assert jobs(one.dsn, [job_id])[job_id]["status"] == "complete"
+    (run,) = runs_by_job(one.log_dir)[job_id]
+    assert run.how == "returned"
+    (row,) = query(one.dsn, "SELECT status FROM pgjobs.workers WHERE id = %s", [worker.id])
+    assert row["status"] == "running"
+    assert worker.popen.poll() is None
