@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import secrets
 import time
@@ -21,9 +22,16 @@ from dataclasses import dataclass
 import psycopg
 
 from . import _database, _sql
-from .errors import ConfigurationError
+from .errors import ArgumentError, ConfigurationError
 
 logger = logging.getLogger("pgjobs.reaper")
+
+# The bounds pgjobs.lease_take and pgjobs.reap hold every caller to (sql/schema/50_liveness.sql):
+# a lease a holder stops renewing leaves the fleet without a reaper for the rest of its ttl, and
+# under 1.5 heart rates of silence a live worker whose beat is a moment late would be declared
+# dead and its runs handed out again while it still runs them.
+MAX_LEASE_TTL = 600.0
+MIN_GRACE_MULTIPLIER = 1.5
 
 
 @dataclass(frozen=True)
@@ -32,9 +40,11 @@ class ReaperConfig:
 
     :param interval: seconds between passes (each wait jittered by ±10%).
     :param batch_size: the most rows one step of a pass changes.
-    :param grace_multiplier: a worker is dead when its heartbeat is older than this many heart rates.
-    :param lease_ttl: seconds the leader's lease lasts after each pass; when it runs out another
-        worker takes over. Default: 3 intervals, so one or two late passes do not cost the lease.
+    :param grace_multiplier: a worker is dead when its heartbeat is older than this many heart rates
+        (at least 1.5).
+    :param lease_ttl: seconds the leader's lease lasts after each pass (at most 600); when it runs
+        out another worker takes over. Default: 3 intervals, so one or two late passes do not cost
+        the lease, and 600 for intervals over 200 s (then the lease may move between passes).
     :param vacuum_threshold: after a pass, the leader VACUUMs the hot table ``pgjobs.jobs_live``
         once it has this many dead tuples (0: never). Every claim walks the index entries of the
         jobs claimed since the last vacuum, and autovacuum (a minute apart at best, off on some
@@ -51,10 +61,24 @@ class ReaperConfig:
     vacuum_threshold: int = 10_000
     vacuum_scale_factor: float = 0.2
 
+    def __post_init__(self) -> None:
+        if not 0 < self.interval < math.inf:
+            raise ArgumentError(f"reaper interval must be a positive number of seconds, got {self.interval!r}")
+        if self.batch_size < 1:
+            raise ArgumentError(f"reaper batch_size must be at least 1, got {self.batch_size!r}")
+        if not MIN_GRACE_MULTIPLIER <= self.grace_multiplier < math.inf:
+            raise ArgumentError(
+                f"grace_multiplier must be at least {MIN_GRACE_MULTIPLIER} heart rates, got {self.grace_multiplier!r}"
+            )
+        if self.lease_ttl is not None and not 0 < self.lease_ttl <= MAX_LEASE_TTL:
+            raise ArgumentError(
+                f"lease_ttl must be more than 0 and at most {MAX_LEASE_TTL:g} seconds, got {self.lease_ttl!r}"
+            )
+
     @property
     def ttl(self) -> float:
         """The lease's ttl in seconds."""
-        return self.lease_ttl if self.lease_ttl is not None else 3 * self.interval
+        return self.lease_ttl if self.lease_ttl is not None else min(3 * self.interval, MAX_LEASE_TTL)
 
 
 @dataclass(frozen=True)

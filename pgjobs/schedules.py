@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import psycopg
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
+from psycopg.types.json import Jsonb
 
 from . import _database, _sql, client, migrations
 from .errors import ArgumentError, PgjobsError
@@ -296,7 +297,8 @@ class Scheduler:
         self.config = config
         self._own_pool = pool is None
         self._pool = pool or _database.Pool(dsn, owner=owner)
-        # Rows no scheduler can run, by name: the definition warned about, skipped until it changes.
+        # Rows no scheduler can run, parked: name -> the digest of the definition warned about. The
+        # due query leaves them out until their definition changes.
         self._unrunnable: dict[str, str] = {}
 
     async def run_once(self) -> int:
@@ -306,7 +308,9 @@ class Scheduler:
 
     async def _fire_due(self, conn: psycopg.AsyncConnection[_database.Row]) -> int:
         fired = 0
-        rows = await _database.fetch_async(conn, _sql.query("schedule_due"), {"limit": self.config.batch_size})
+        rows = await _database.fetch_async(
+            conn, _sql.query("schedule_due"), {"limit": self.config.batch_size, "parked": Jsonb(self._unrunnable)}
+        )
         for row in rows:
             planned = self._plan(row)
             if planned is None:
@@ -323,16 +327,13 @@ class Scheduler:
 
     def _plan(self, row: _database.Row) -> tuple[Schedule, tuple[list[dt.datetime], dt.datetime | None]] | None:
         """The schedule of a due row and its plan; None for a row no scheduler can run (a cron that
-        never fires or an unknown zone, stored by hand or by an older version), which is skipped
-        with one warning until it changes, so that it never holds up the schedules after it."""
-        definition = repr([row.get(f.name) for f in fields(Schedule)])
-        if self._unrunnable.get(row["name"]) == definition:
-            return None
+        never fires or an unknown zone, stored by hand or by an older version), which is parked with
+        one warning until it changes, so that it never takes the place of the schedules after it."""
         try:
             schedule = Schedule.from_row(row)
             planned = schedule, plan(schedule, row["next_run_at"], row["now"], row["busy"])
         except ValueError as exc:  # ArgumentError or croniter's errors: this row's fault, not the pass's
-            self._unrunnable[row["name"]] = definition
+            self._unrunnable[row["name"]] = row["definition"]
             logger.warning("schedule %s cannot run, skipped until it changes: %s", row["name"], exc)
             return None
         self._unrunnable.pop(row["name"], None)

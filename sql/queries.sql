@@ -223,14 +223,10 @@ SELECT (pgjobs.schedule(
 )).name;
 
 -- name: schedule_due
--- Enabled schedules that are due (or not computed yet), locked for this pass; with the database
--- clock and whether each one's last run is still unfinished.
-SELECT s.*, now() AS now, pgjobs.schedule_busy(s.name) AS busy
-FROM pgjobs.schedules s
-WHERE s.enabled AND (s.next_run_at IS NULL OR s.next_run_at <= now())
-ORDER BY s.next_run_at NULLS FIRST
-LIMIT %(limit)s
-FOR UPDATE OF s SKIP LOCKED;
+-- Enabled schedules that are due (or not planned yet), locked for this pass, but the parked ones;
+-- with a digest of each one's definition, whether its last run is unfinished, the database clock.
+SELECT (d.schedule).*, d.definition, d.busy, d.now
+FROM pgjobs.schedule_due(%(limit)s, %(parked)s) AS d;
 
 -- name: schedule_fire
 -- Fire ticks of a schedule and store its next run.

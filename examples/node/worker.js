@@ -479,7 +479,7 @@ async function reapLoop () {
     await sleep(reapInterval * (0.8 + Math.random() * 0.4))
     if (closed) return
     try {
-      const { rows: [pass] } = await pool.query('SELECT * FROM pgjobs.reap_as($1, $2)', [workerId, reapInterval * 3])
+      const { rows: [pass] } = await pool.query('SELECT * FROM pgjobs.reap_as($1, $2)', [workerId, Math.min(reapInterval * 3, 600)])
       if (pass.killed || pass.dead_workers || pass.reset) {
         log('INFO', `reaper: ${pass.killed} killed, ${pass.dead_workers} dead worker(s), ${pass.reset} reset`)
       }

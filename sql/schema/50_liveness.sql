@@ -188,6 +188,9 @@ $$;
 -- it was free, expired, or already holder's. The row stays locked until the caller's transaction
 -- ends, so work done in that transaction is done by the holder alone; a contender that finds the
 -- row locked gets false at once instead of waiting.
+-- ttl is at most 600 s: the reaper's lease is 3 reap intervals (15 s by default), and a holder
+-- that stops renewing (frozen, cut off, or a stolen credential taking the lease once) leaves the
+-- fleet without a reaper for the rest of its ttl; 600 s allows reap intervals of 200 s.
 CREATE OR REPLACE FUNCTION pgjobs.lease_take(name text, holder text, ttl double precision)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -201,8 +204,8 @@ BEGIN
     IF lease_take.holder IS NULL OR lease_take.holder = '' OR length(lease_take.holder) > 200 THEN
         PERFORM pgjobs._refuse('holder', 'must be 1 to 200 characters');
     END IF;
-    IF lease_take.ttl IS NULL OR NOT (lease_take.ttl > 0 AND lease_take.ttl <= 86400) THEN
-        PERFORM pgjobs._refuse('ttl', format('must be more than 0 and at most 86400 seconds, got %s', lease_take.ttl));
+    IF lease_take.ttl IS NULL OR NOT (lease_take.ttl > 0 AND lease_take.ttl <= 600) THEN
+        PERFORM pgjobs._refuse('ttl', format('must be more than 0 and at most 600 seconds, got %s', lease_take.ttl));
     END IF;
     SELECT * INTO l FROM pgjobs.leases x WHERE x.name = lease_take.name FOR UPDATE SKIP LOCKED;
     IF NOT FOUND THEN
@@ -238,6 +241,18 @@ LANGUAGE sql AS $$
     RETURNING true
 $$;
 
+-- Refuse a grace_multiplier (heart rates of silence after which a worker is dead) under 1.5: a
+-- worker beats once a heart rate, so with less a beat a moment late would have a live worker
+-- declared dead and its runs handed out again while it still runs them.
+CREATE OR REPLACE FUNCTION pgjobs._check_grace(grace_multiplier double precision) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF grace_multiplier IS NULL OR NOT (grace_multiplier >= 1.5 AND grace_multiplier < 'Infinity') THEN
+        PERFORM pgjobs._refuse('grace_multiplier', format('must be at least 1.5 heart rates, got %s', grace_multiplier));
+    END IF;
+END;
+$$;
+
 -- One pass of the reaper, each step in batches of at most batch_size rows:
 -- 1. kill: active jobs past their timeout or heartbeat become aborting with a reason (their worker
 --    stops them, and they are retried or failed); jobs held by an id that is not a live registered
@@ -261,6 +276,7 @@ BEGIN
     IF batch_size IS NULL OR batch_size < 1 THEN
         PERFORM pgjobs._refuse('batch_size', format('must be at least 1, got %s', batch_size));
     END IF;
+    PERFORM pgjobs._check_grace(grace_multiplier);
 
     -- 1. Kill runs past their timeout or heartbeat.
     WITH over AS (
@@ -445,6 +461,8 @@ RETURNS TABLE (leader boolean, killed integer, dead_workers integer, reset integ
                deleted_workers integer)
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- Refused whether or not holder leads: a bad pass must not wait for the lease to show.
+    PERFORM pgjobs._check_grace(reap_as.grace_multiplier);
     IF NOT pgjobs.lease_take('reaper', reap_as.holder, reap_as.lease_ttl) THEN
         RETURN QUERY SELECT false, 0, 0, 0, 0, 0;
         RETURN;

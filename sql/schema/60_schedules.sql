@@ -238,6 +238,38 @@ LANGUAGE sql STABLE AS $$
         ORDER BY r.tick DESC LIMIT 1), false)
 $$;
 
+-- A scheduler's pass: enabled schedules that are due or not planned yet (next_run_at NULL), at
+-- most batch_size, locked until the caller's transaction ends (rows another pass holds are
+-- skipped): pgjobs_worker may read the table, not lock it. Each comes with a digest of its
+-- definition (every column but next_run_at, last_run_at, trigger_count and updated_at), whether
+-- its last run is unfinished, and the database clock. parked maps names to the digests of rows
+-- the scheduler could not plan (a cron that never fires, stored by hand): they are left out until
+-- they change, and due rows come before unplanned ones, so that rows no one can plan never take
+-- the places of the others.
+CREATE OR REPLACE FUNCTION pgjobs.schedule_due(batch_size integer, parked jsonb DEFAULT '{}')
+RETURNS TABLE (schedule pgjobs.schedules, definition text, busy boolean, now timestamptz)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF schedule_due.batch_size IS NULL OR schedule_due.batch_size < 1 THEN
+        PERFORM pgjobs._refuse('batch_size', format('must be at least 1, got %s', schedule_due.batch_size));
+    END IF;
+    IF jsonb_typeof(coalesce(schedule_due.parked, '{}')) <> 'object' THEN
+        PERFORM pgjobs._refuse('parked', 'must be a JSON object of names and digests');
+    END IF;
+    RETURN QUERY
+    SELECT s, d.digest, pgjobs.schedule_busy(s.name), now()
+    FROM pgjobs.schedules s
+    CROSS JOIN LATERAL (
+        SELECT md5((to_jsonb(s) - '{next_run_at,last_run_at,trigger_count,updated_at}'::text[])::text) AS digest
+    ) d
+    WHERE s.enabled AND (s.next_run_at IS NULL OR s.next_run_at <= now())
+      AND (schedule_due.parked->>s.name) IS DISTINCT FROM d.digest
+    ORDER BY s.next_run_at NULLS LAST, s.name
+    LIMIT schedule_due.batch_size
+    FOR UPDATE OF s SKIP LOCKED;
+END;
+$$;
+
 -- Fire ticks of a schedule (the scheduler calls this with the ticks croniter computed): each tick
 -- not fired before gets one job; then next_run_at is stored. Returns the number of jobs enqueued.
 CREATE OR REPLACE FUNCTION pgjobs.schedule_fire(name text, ticks timestamptz[], next_run_at timestamptz)

@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 import pgjobs
 from pgjobs import _database, _sql
+from pgjobs.reaper import MAX_LEASE_TTL, MIN_GRACE_MULTIPLIER, ReaperConfig
 
 from .test_liveness_sql import claim, job, one, register, silence
 
@@ -89,11 +90,81 @@ def test_only_the_holder_reaps_and_a_deposed_leader_changes_nothing(conn: Conn) 
 
 
 @pytest.mark.parametrize(
-    ("holder", "ttl"), [(None, 1.0), ("", 1.0), ("x" * 201, 1.0), ("a", 0.0), ("a", -1.0), ("a", float("nan"))]
-)
+    ("holder", "ttl"),
+    [(None, 1.0), ("", 1.0), ("x" * 201, 1.0), ("a", 0.0), ("a", -1.0), ("a", float("nan")), ("a", 600.001),
+     ("a", 86400.0), ("a", float("inf"))],
+)  # fmt: skip
 def test_bad_lease_arguments_are_refused(conn: Conn, holder: str | None, ttl: float) -> None:
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"pgjobs: (holder|ttl)"):
         take(conn, holder, ttl)  # type: ignore[arg-type]
+
+
+def test_a_lease_lasts_at_most_600_seconds_so_one_stolen_call_cannot_stall_the_reaper_for_long(conn: Conn) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="ttl: must be more than 0 and at most 600"):
+        reap_as(conn, "rogue", ttl=86400)
+    assert one(conn, "SELECT holder FROM pgjobs.leases WHERE name = 'reaper'") is None  # nothing taken
+    assert take(conn, "rogue", ttl=MAX_LEASE_TTL)  # the edge is accepted
+    left = one(conn, "SELECT extract(epoch FROM expires_at - now()) FROM pgjobs.leases WHERE name = 'reaper'")
+    assert float(left) == pytest.approx(600, abs=1)
+    assert reap_as(conn, "w1", ttl=MAX_LEASE_TTL)["leader"] is False
+    expire(conn)  # 600 s later at most, the fleet leads again
+    assert reap_as(conn, "w1", ttl=MAX_LEASE_TTL)["leader"] is True
+
+
+GRACE_CALLS = {
+    "reap": "SELECT * FROM pgjobs.reap(1000, %s)",
+    "reap_as": "SELECT * FROM pgjobs.reap_as('w0', 10, 1000, %s)",
+}
+
+
+@pytest.mark.parametrize("call", sorted(GRACE_CALLS))
+@pytest.mark.parametrize("grace", [-1.0, 0.0, 1.0, 1.49, None, float("nan"), float("inf")])
+def test_a_grace_under_one_and_a_half_heart_rates_is_refused(conn: Conn, call: str, grace: float | None) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"pgjobs: grace_multiplier: must be at least 1\.5"):
+        conn.execute(GRACE_CALLS[call], [grace])
+
+
+@pytest.mark.parametrize("call", sorted(GRACE_CALLS))
+def test_a_bad_grace_is_refused_even_where_another_holds_the_lease(conn: Conn, call: str) -> None:
+    assert take(conn, "someone-else")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="grace_multiplier"):
+        conn.execute(GRACE_CALLS[call], [-1])
+
+
+def test_no_grace_declares_a_worker_that_beats_on_time_dead(conn: Conn) -> None:
+    register(conn, "w1", heart_rate=10)
+    job_id = one(conn, "SELECT pgjobs.enqueue('t')")
+    claim(conn, "w1")
+    silence(conn, "w1", 12)  # its beat is 2 s late: alive, running its job
+    for grace in (-1, 0.5, 1.0):  # what a stolen credential would try: runs handed out twice
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            conn.execute("SELECT * FROM pgjobs.reap(1000, %s)", [grace])
+    counts = conn.execute("SELECT * FROM pgjobs.reap(1000, %s)", [MIN_GRACE_MULTIPLIER]).fetchone()
+    assert counts is not None and (counts["dead_workers"], counts["reset"]) == (0, 0)  # the edge is accepted
+    assert one(conn, "SELECT status FROM pgjobs.workers WHERE id = 'w1'") == "running"
+    assert job(conn, job_id)["status"] == "active"
+    assert reap_as(conn, "w0")["leader"] is True
+    assert one(conn, "SELECT * FROM pgjobs.reap_as('w0', 10, 1000, 1.5)") is True  # reap_as: the edge too
+    silence(conn, "w1", 16)  # 1.6 heart rates
+    assert conn.execute("SELECT * FROM pgjobs.reap(1000, 1.5)").fetchone()["dead_workers"] == 1  # type: ignore[index]
+
+
+def test_reaper_config_holds_the_bounds_of_the_sql(conn: Conn) -> None:
+    for bad, field in [
+        ({"lease_ttl": MAX_LEASE_TTL + 0.5}, "lease_ttl"), ({"lease_ttl": 0}, "lease_ttl"),
+        ({"lease_ttl": float("nan")}, "lease_ttl"), ({"grace_multiplier": 1.49}, "grace_multiplier"),
+        ({"grace_multiplier": -1}, "grace_multiplier"), ({"grace_multiplier": float("inf")}, "grace_multiplier"),
+        ({"interval": 0}, "interval"), ({"batch_size": 0}, "batch_size"),
+    ]:  # fmt: skip
+        with pytest.raises(pgjobs.ArgumentError, match=field):
+            ReaperConfig(**bad)  # type: ignore[arg-type]
+    edge = ReaperConfig(lease_ttl=MAX_LEASE_TTL, grace_multiplier=MIN_GRACE_MULTIPLIER)
+    row = conn.execute(
+        "SELECT * FROM pgjobs.reap_as('w0', %s, 1000, %s)", [edge.ttl, edge.grace_multiplier]
+    ).fetchone()  # what Python accepts, the database accepts
+    assert row is not None and row["leader"] is True
+    assert ReaperConfig().ttl == 15  # 3 intervals ...
+    assert ReaperConfig(interval=3600).ttl == MAX_LEASE_TTL  # ... within the bound
 
 
 def test_workers_shows_the_leader(conn: Conn) -> None:

@@ -177,6 +177,50 @@ def test_a_stored_cron_that_never_fires_is_skipped_with_one_warning_and_holds_up
     assert one(conn, "SELECT next_run_at FROM pgjobs.schedules WHERE name = 'feb-30'") is not None
 
 
+def test_unplannable_rows_past_a_batch_crowd_out_no_other_schedule(
+    dsn: str, conn: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pgjobs.scheduler")
+    # More rows than a pass takes that no scheduler can plan, stored by hand: never planned, so
+    # their next runs are unset.
+    conn.execute(
+        "INSERT INTO pgjobs.schedules (name, task, cron)"
+        " SELECT format('bad-%s', lpad(i::text, 3, '0')), 'app.t', '0 0 30 2 *' FROM generate_series(1, 150) i"
+    )
+    conn.execute("SELECT pgjobs.schedule('hourly', 'app.t', every => 3600)")
+    conn.execute("UPDATE pgjobs.schedules SET next_run_at = now() WHERE name = 'hourly'")
+
+    async def main() -> list[int]:
+        scheduler = Scheduler(dsn, SchedulerConfig(batch_size=100))
+        try:
+            fired = [await scheduler.run_once()]  # a due schedule comes before unplanned rows
+            conn.execute("SELECT pgjobs.schedule('new', 'app.t', every => 3600, trigger_on_start => true)")
+            fired += [await scheduler.run_once() for _ in range(2)]  # the bad rows parked, the new one seen
+            conn.execute("UPDATE pgjobs.schedules SET cron = '0 0 29 2 *' WHERE name = 'bad-001'")  # mended by hand
+            fired.append(await scheduler.run_once())
+            return fired
+        finally:
+            await scheduler._pool.close()
+
+    fired = asyncio.run(main())
+    assert fired[0] == 1 and sum(fired) == 2, fired
+    assert [r["s"] for r in conn.execute("SELECT meta->>'schedule' AS s FROM pgjobs.jobs ORDER BY id")] == [
+        "hourly",
+        "new",
+    ]
+    planned = "SELECT name FROM pgjobs.schedules WHERE next_run_at IS NOT NULL ORDER BY name"
+    assert [r["name"] for r in conn.execute(planned)] == ["bad-001", "hourly", "new"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 150 and all("no date ever matches it" in w for w in warnings)  # one a row
+
+
+def test_schedule_due_refuses_bad_arguments(conn: Conn) -> None:
+    for call in ("SELECT * FROM pgjobs.schedule_due(0)", "SELECT * FROM pgjobs.schedule_due(NULL)",
+                 "SELECT * FROM pgjobs.schedule_due(10, '[]')"):  # fmt: skip
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"pgjobs: (batch_size|parked)"):
+            conn.execute(call)
+
+
 @pytest.mark.parametrize(("missed", "expected"), [("skip", 0), ("once", 1), ("all", 5)])
 def test_workers_coming_back_after_downtime_follow_the_missed_policy(
     dsn: str, conn: Conn, missed: str, expected: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 import pgjobs
+from pgjobs.reaper import ReapCounts, Reaper, ReaperConfig
+from pgjobs.schedules import Scheduler
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -72,6 +75,34 @@ def test_a_worker_may_run_jobs_and_read_all_but_not_write_tables(login: Any, con
     refused(worker, "DROP TABLE pgjobs.jobs")
     refused(worker, "SELECT pgjobs._schedule_job(s, now()) FROM pgjobs.schedules s")
     refused(worker, "SELECT pgjobs.harden()")
+
+
+def test_a_worker_role_runs_the_scheduler_and_the_reaper_without_writing_a_table(login: Any, conn: Conn) -> None:
+    worker = login("pgjobs_worker")
+    conn.execute("SELECT pgjobs.schedule('soon', 't', every => 3600, trigger_on_start => true)")
+    conn.execute("SELECT pgjobs.worker_register('gone', 'h', 1, 'u', '{default}', 1, 1)")
+    orphan = conn.execute("SELECT pgjobs.enqueue('t') AS id").fetchone()["id"]  # type: ignore[index]
+    conn.execute("SELECT * FROM pgjobs.dequeue('gone', '{default}', 1)")
+    conn.execute("UPDATE pgjobs.workers SET heartbeat_at = now() - interval '1 minute' WHERE id = 'gone'")
+
+    async def main() -> tuple[int, ReapCounts | None]:
+        scheduler, reaper = Scheduler(worker.info.dsn), Reaper(worker.info.dsn, ReaperConfig())
+        try:
+            return await scheduler.run_once(), await reaper.run_once()
+        finally:
+            await scheduler._pool.close()
+            await reaper._pool.close()
+
+    fired, counts = asyncio.run(main())
+    assert fired == 1
+    assert counts is not None and (counts.dead_workers, counts.reset) == (1, 1)
+    assert conn.execute("SELECT status FROM pgjobs.jobs WHERE id = %s", [orphan]).fetchone() == {"status": "queued"}
+    # Through the functions only: the table itself is still not the worker's to lock or write.
+    refused(worker, "SELECT * FROM pgjobs.schedules FOR UPDATE")
+    refused(worker, "UPDATE pgjobs.schedules SET next_run_at = NULL")
+    refused(worker, "UPDATE pgjobs.leases SET expires_at = 'infinity'")
+    client = login("pgjobs_client")
+    refused(client, "SELECT * FROM pgjobs.schedule_due(10)")
 
 
 def test_the_search_path_cannot_shadow_pgjobs_or_builtins(dsn: str, login: Any, conn: Conn) -> None:
