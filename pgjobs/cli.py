@@ -455,7 +455,10 @@ def _dashboard(args: argparse.Namespace) -> int:
         from .dashboard.serve import serve
     except ImportError:
         raise ConfigurationError("pgjobs dashboard needs its extra: pip install 'pgjobs[dashboard]'") from None
-    return serve(args.dsn, host=args.host, port=args.port, read_only=args.read_only, token=args.token or None)
+    return serve(
+        args.dsn, host=args.host, port=args.port, read_only=args.read_only, token=args.token or None,
+        forwarded_allow_ips=args.forwarded_allow_ips or None,
+    )  # fmt: skip
 
 
 def _embedded(args: argparse.Namespace) -> int:
@@ -692,6 +695,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--token", default=os.environ.get("PGJOBS_DASHBOARD_TOKEN"),
         help="require this token: Bearer, basic password or login form (default $PGJOBS_DASHBOARD_TOKEN)",
+    )  # fmt: skip
+    c.add_argument(
+        "--forwarded-allow-ips", default=os.environ.get("PGJOBS_DASHBOARD_FORWARDED_ALLOW_IPS"), metavar="IPS",
+        help="trusted proxies whose X-Forwarded-Proto and -For count (comma separated, * any; "
+        "default $PGJOBS_DASHBOARD_FORWARDED_ALLOW_IPS, else none)",
     )  # fmt: skip
     c.set_defaults(func=_dashboard)
 

@@ -3,7 +3,8 @@
 With a token set, a request is let in when it carries ``Authorization: Bearer <token>``, HTTP basic
 credentials whose password is the token (any user name), or the session cookie the login form
 sets. The cookie holds a random nonce and its HMAC under a key derived from the token, never the
-token itself, so changing the token ends every session.
+token itself, so changing the token ends every session. Tokens are compared as SHA-256 digests in
+constant time, and every failed attempt, whatever its scheme, waits FAILED_DELAY before its answer.
 
 Every form that changes something carries a CSRF token: a random value kept in the ``pgjobs_csrf``
 cookie and sent again in the form (double submit); JSON actions send it in the ``X-CSRF-Token``
@@ -12,6 +13,7 @@ header instead, unless they carry the Bearer token (which a browser never adds o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -24,6 +26,8 @@ SESSION_COOKIE = "pgjobs_session"
 CSRF_COOKIE = "pgjobs_csrf"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
+#: Seconds a request with a wrong token (form, Bearer, basic or session cookie) waits: slows guessing.
+FAILED_DELAY = 0.5
 
 
 def _equal(a: str, b: str) -> bool:
@@ -37,6 +41,7 @@ class TokenAuth:
         if token is not None and not token.strip():
             raise ValueError("the token must not be empty")
         self._token = token
+        self._digest = _digest(token) if token else b""
         self._key = hashlib.sha256(b"pgjobs dashboard session\0" + token.encode()).digest() if token else b""
 
     @property
@@ -45,7 +50,8 @@ class TokenAuth:
 
     def check_token(self, given: str) -> bool:
         """Whether a token typed into the login form (or sent otherwise) is the token."""
-        return self._token is not None and _equal(given, self._token)
+        # Digests of equal length: compare_digest then takes as long whatever the guess's length.
+        return self._token is not None and hmac.compare_digest(_digest(given), self._digest)
 
     def bearer(self, request: Request) -> bool:
         """Whether the request carries the token as ``Authorization: Bearer``."""
@@ -80,6 +86,20 @@ class TokenAuth:
         if self._token is None:
             return True
         return self.bearer(request) or self._basic(request) or self._session(request)
+
+    def tried(self, request: Request) -> bool:
+        """Whether the request brings credentials (an Authorization header or a session cookie):
+        when allows() refuses it, a failed attempt, which failed() slows down."""
+        return self.enabled and bool(request.headers.get("authorization") or request.cookies.get(SESSION_COOKIE))
+
+
+async def failed() -> None:
+    """Wait out a failed authentication (FAILED_DELAY), before answering it."""
+    await asyncio.sleep(FAILED_DELAY)
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
 def new_csrf() -> str:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _database, _sql, schedules
@@ -23,6 +27,48 @@ STATUSES = tuple(s.value for s in JobStatus)
 #: The longest preview of a backfill, in ticks.
 PREVIEW_TICKS = 500
 _FILE = "dashboard.sql"
+#: The deepest JSON the dashboard decodes. Python's limits depend on its version and on the stack
+#: (3.11 cannot decode 1,000 levels; 3.12 decodes them, then json.dumps(indent=2) cannot write them):
+#: one bound below all of them shows the same on each.
+MAX_DEPTH = 200
+#: Characters of an undecodable value's text that are shown.
+RAW_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A json or jsonb value the dashboard cannot decode (nested too deep, a number of thousands of
+    digits): why, and the start of its text. It stands in for the value, so that one such job
+    leaves every other value, row and page as it was."""
+
+    reason: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"cannot be decoded: {self.reason}. Its text begins: {self.text}"
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """The dashboard's json loader: json.loads, or an Undecodable for a value it cannot decode."""
+    text = data if isinstance(data, str) else bytes(data).decode("utf-8", "replace")
+    try:
+        if _deeper_than(text, MAX_DEPTH):
+            raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: deep, ValueError: a number too long
+        shown = text[:RAW_CHARS] + ("…" if len(text) > RAW_CHARS else "")
+        return Undecodable(str(exc)[:RAW_CHARS], shown)
+
+
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _deeper_than(text: str, limit: int) -> bool:
+    if text.count("[") + text.count("{") <= limit:
+        return False  # most values: cannot be that deep, no scan
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(itertools.accumulate(1 if c in "[{" else -1 for c in brackets), default=0) > limit
 
 
 @dataclass(frozen=True)
@@ -78,6 +124,10 @@ class Store:
     def dsn(self) -> str:
         return self._dsn
 
+    @staticmethod
+    async def _configure(conn: psycopg.AsyncConnection[Row]) -> None:
+        set_json_loads(loads, conn)
+
     async def open(self) -> None:
         async with self._lock:
             if self._pool is None:
@@ -85,7 +135,7 @@ class Store:
                           **_database.session_params(self._dsn, "pgjobs dashboard")}  # fmt: skip
                 pool: AsyncConnectionPool[psycopg.AsyncConnection[Row]] = AsyncConnectionPool(
                     self._dsn, min_size=1, max_size=self._max_size, kwargs=kwargs, open=False,
-                    name="pgjobs dashboard", timeout=10.0,
+                    name="pgjobs dashboard", timeout=10.0, configure=self._configure,
                 )  # fmt: skip
                 await pool.open(wait=False)
                 self._pool = pool

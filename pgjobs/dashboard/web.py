@@ -30,13 +30,15 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import _database
-from ..errors import ArgumentError, PgjobsError
+from ..errors import ArgumentError, ConfigurationError, PgjobsError
 from ..metrics import DatabaseCollector
 from . import chart, security
-from .store import STATUSES, JobFilter, Row, Store
+from .store import STATUSES, JobFilter, Row, Store, Undecodable
 
 _HERE = Path(__file__).resolve().parent
 FLASH_COOKIE = "pgjobs_flash"
+#: The scope key _Guard sets on requests the token lets in (the login page shows no database to others).
+_LET_IN = "pgjobs.let_in"
 #: Host names a loopback dashboard answers to (a page of another site that resolves its own name
 #: to 127.0.0.1 is refused: DNS rebinding).
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -72,6 +74,8 @@ def _when(value: dt.datetime | None) -> str:
 
 
 def _pretty(value: Any) -> str:
+    if isinstance(value, Undecodable):
+        return str(value)
     return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=True)
 
 
@@ -146,7 +150,8 @@ class Dashboard:
         html = self.env.get_template(template).render(
             nav=_NAV.get(name, name), live=name in _LIVE, request=request, path=path, url=url,
             csrf=security.csrf_token(request), read_only=self.read_only,
-            auth=self.auth.enabled, flash=flash, database=self.database, refresh=self.refresh,
+            auth=self.auth.enabled, flash=flash, refresh=self.refresh,
+            database=self.database if request.scope.get(_LET_IN) else None,
             here=request.url.path + (f"?{request.url.query}" if request.url.query else ""), **context,
         )  # fmt: skip
         response = HTMLResponse(html, status_code=status_code)
@@ -239,7 +244,7 @@ class Dashboard:
         if not (security.csrf_ok(request, _field(form, security.CSRF_FIELD)) and security.same_origin(request)):
             return self.page(request, "error.html", status_code=403, message="The form expired: load it again.")
         if not self.auth.check_token(_field(form, "token") or ""):
-            await asyncio.sleep(0.5)  # slows guessing down
+            await security.failed()
             return self.page(request, "login.html", status_code=401, target=target, failed=True)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(
@@ -526,14 +531,14 @@ class _Guard(BaseHTTPMiddleware):
         if len(request.cookies.get(security.CSRF_COOKIE, "")) < 32:
             request.scope["pgjobs.csrf"] = security.new_csrf()
         try:
-            if relative.startswith(("/static/", "/login")) or self.dashboard.auth.allows(request):
+            open_to_all = relative.startswith(("/static/", "/login"))
+            if open_to_all or self.dashboard.auth.allows(request):
+                request.scope[_LET_IN] = not open_to_all  # else /login would tell a right token from a wrong one
                 response = await call_next(request)
-            elif relative.startswith(("/api/", "/metrics")):
-                response = _json({"error": "authentication required"}, 401)
-                response.headers["WWW-Authenticate"] = 'Basic realm="pgjobs dashboard", charset="UTF-8"'
             else:
-                here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                response = RedirectResponse(f"{request.url_for('login').path}?{urlencode({'next': here})}", 303)
+                if self.dashboard.auth.tried(request):
+                    await security.failed()  # a wrong token, whatever its scheme, is as slow as the form's
+                response = self.refusal(request, relative)
         except Exception as exc:  # every error becomes a page or JSON without secrets
             response = self.dashboard_error(request, relative, exc)
         new = request.scope.get("pgjobs.csrf")
@@ -546,6 +551,15 @@ class _Guard(BaseHTTPMiddleware):
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    def refusal(self, request: Request, relative: str) -> Response:
+        """401 for the API and /metrics, else a redirect to the login form."""
+        if relative.startswith(("/api/", "/metrics")):
+            response = _json({"error": "authentication required"}, 401)
+            response.headers["WWW-Authenticate"] = 'Basic realm="pgjobs dashboard", charset="UTF-8"'
+            return response
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"{request.url_for('login').path}?{urlencode({'next': here})}", 303)
 
     def dashboard_error(self, request: Request, relative: str, exc: Exception) -> Response:
         if isinstance(exc, ArgumentError | ValueError):
@@ -569,17 +583,21 @@ def app(
     *,
     read_only: bool = False,
     token: str | None = None,
-    allowed_hosts: Sequence[str] | None = None,
+    insecure: bool = False,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
     refresh: float = 5.0,
 ) -> Starlette:
     """The dashboard as an ASGI app, to serve with uvicorn or mount in FastAPI/Starlette.
 
     :param dsn: the database (default: ``PGJOBS_DSN``, ``DATABASE_URL``, else the embedded server).
     :param read_only: no action buttons, and every action refused with 403.
-    :param token: when set, every request needs it (``Authorization: Bearer``, the password of HTTP
-        basic credentials, or the session cookie of the login form).
-    :param allowed_hosts: the Host names it answers to (None: any); ``pgjobs dashboard`` on a
-        loopback address allows only loopback names.
+    :param token: every request needs it (``Authorization: Bearer``, the password of HTTP basic
+        credentials, or the session cookie of the login form). Without one the app is refused
+        (ConfigurationError) unless ``insecure``.
+    :param insecure: serve without a token, every request let in: only where something else (the
+        parent application, a proxy) authenticates every request, or on a loopback address.
+    :param allowed_hosts: the Host names it answers to (default: loopback names only, against DNS
+        rebinding; ``["*"]``: any). Mounted in a public application, name its host here.
     :param refresh: seconds between live refreshes of a page (0: none).
 
     Its connection pool opens with the app's lifespan, or at the first request where the app is
@@ -587,6 +605,13 @@ def app(
     """
     from .. import migrations
 
+    if token is None and not insecure:
+        raise ConfigurationError(
+            "the dashboard needs a token: anyone who reaches it could retry, cancel and delete jobs. Give "
+            "token=..., or insecure=True where the application around it authenticates every request"
+        )
+    if token is not None and insecure:
+        raise ConfigurationError("the dashboard was given a token and insecure=True: one or the other")
     target = migrations.prepare(dsn)
     dashboard = Dashboard(target, read_only=read_only, token=token, refresh=refresh)
 
@@ -640,9 +665,10 @@ def app(
         Route("/api/schedules/run", d.api_action(d.api_schedule("run")), methods=["POST"]),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
-    middleware = [Middleware(_Guard, dashboard=dashboard)]
-    if allowed_hosts is not None:
-        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    middleware = [
+        Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)),
+        Middleware(_Guard, dashboard=dashboard),
+    ]
     starlette = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     starlette.state.dashboard = dashboard
     return starlette

@@ -10,10 +10,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from pgjobs.dashboard.serve import FORWARDED_ALLOW_IPS
 from tests.acceptance.helpers import Process
 
 pytestmark = pytest.mark.acceptance
@@ -50,12 +52,12 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def serve(dsn: str) -> Iterator[Callable[..., str]]:
-    """serve(*options) -> the URL of a `pgjobs dashboard` process on the test database."""
+    """serve(*options, env=) -> the URL of a `pgjobs dashboard` process on the test database."""
     started: list[Process] = []
 
-    def start(*options: str) -> str:
+    def start(*options: str, env: dict[str, str] | None = None) -> str:
         port = _free_port()
-        proc = Process("dashboard", "--dsn", dsn, "--port", str(port), *options)
+        proc = Process("dashboard", "--dsn", dsn, "--port", str(port), *options, env=env)
         started.append(proc)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
@@ -180,3 +182,36 @@ def test_a_read_only_dashboard_has_no_buttons_and_refuses_posts(
     assert r.status == 403
     with psycopg.connect(dsn, row_factory=dict_row) as c:
         assert one(c, "SELECT status FROM pgjobs.jobs WHERE id = %s", [broken]) == "failed"
+
+
+def _cookies(r: httpx.Response) -> dict[str, list[str]]:
+    """Each cookie the response sets: its attributes, lowercase (``secure``, ``httponly``, …)."""
+    cookies = {}
+    for header in r.headers.get_list("set-cookie"):
+        name, *attributes = (part.strip() for part in header.split(";"))
+        cookies[name.split("=", 1)[0]] = [a.split("=", 1)[0].lower() for a in attributes]
+    return cookies
+
+
+def _login(url: str, token: str, headers: dict[str, str]) -> dict[str, list[str]]:
+    """Log in with the form, as a browser would through the proxy; the cookies set on the way."""
+    with httpx.Client(base_url=url, headers=headers) as http:
+        form = http.get("/login")
+        assert form.status_code == 200
+        csrf = form.headers["set-cookie"].split(";", 1)[0].split("=", 1)[1]
+        r = http.post("/login", data={"csrf": csrf, "token": token}, headers={"Cookie": f"pgjobs_csrf={csrf}"})
+        assert r.status_code == 303, r.text
+        return {**_cookies(form), **_cookies(r)}
+
+
+def test_behind_a_trusted_proxy_the_cookies_of_an_https_request_are_secure(serve: Callable[..., str]) -> None:
+    token = "t0ken-for-tests-123"
+    https = {"X-Forwarded-Proto": "https"}
+    proxied = serve("--token", token, env={FORWARDED_ALLOW_IPS: "127.0.0.1"})
+    cookies = _login(proxied, token, https)
+    assert "secure" in cookies["pgjobs_session"] and "secure" in cookies["pgjobs_csrf"]
+    assert "httponly" in cookies["pgjobs_session"]
+    assert "secure" not in _login(proxied, token, {})["pgjobs_session"]  # plain http through the proxy
+    # Headers anyone may send count only from the proxies named: none by default, or another one.
+    for env in ({FORWARDED_ALLOW_IPS: ""}, {FORWARDED_ALLOW_IPS: "10.9.8.7"}):
+        assert "secure" not in _login(serve("--token", token, env=env), token, https)["pgjobs_session"], env

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import pgjobs.dashboard
-from pgjobs import cli
+from pgjobs import _database, cli
+from pgjobs.dashboard import security
 from pgjobs.dashboard.serve import is_loopback
+from pgjobs.dashboard.store import MAX_DEPTH, RAW_CHARS
+from pgjobs.errors import ConfigurationError
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -23,12 +27,12 @@ Conn = psycopg.Connection[dict[str, Any]]
 class Client:
     """httpx on the ASGI app, its lifespan open, driven from sync tests on one event loop."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, base_url: str = "http://127.0.0.1") -> None:
         self.runner = asyncio.Runner()
         self.lifespan = app.router.lifespan_context(app)
         self.runner.run(self.lifespan.__aenter__())
         transport = httpx.ASGITransport(app=app)
-        self.http = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
+        self.http = httpx.AsyncClient(transport=transport, base_url=base_url)
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.runner.run(self.http.get(url, **kwargs))
@@ -59,11 +63,13 @@ class Client:
 
 @pytest.fixture
 def dashboard(dsn: str) -> Iterator[Callable[..., Client]]:
-    """dashboard(**options) -> a Client on pgjobs.dashboard.app(dsn, **options)."""
+    """dashboard(**options) -> a Client on pgjobs.dashboard.app(dsn, **options); without a token,
+    insecure=True (the app refuses to serve without either)."""
     made: list[Client] = []
 
-    def make(target: str | None = None, **options: Any) -> Client:
-        client = Client(pgjobs.dashboard.app(target or dsn, refresh=0, **options))
+    def make(target: str | None = None, base_url: str = "http://127.0.0.1", **options: Any) -> Client:
+        options.setdefault("insecure", "token" not in options)
+        client = Client(pgjobs.dashboard.app(target or dsn, refresh=0, **options), base_url)
         made.append(client)
         return client
 
@@ -307,6 +313,113 @@ def test_token_auth_bearer_basic_and_login(conn: Conn, dashboard: Callable[..., 
     )
     d.act("/logout")
     assert d.get("/").status_code == 303
+
+
+def test_every_wrong_token_waits_like_the_login_forms_and_a_right_one_does_not(
+    conn: Conn, dashboard: Callable[..., Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delay = 0.1
+    monkeypatch.setattr(security, "FAILED_DELAY", delay)  # the form's wait, shortened for the test
+    token = "t0ken-for-tests-123"
+    d = dashboard(token=token)
+
+    def timed(n: int, send: Callable[[], httpx.Response], status: int) -> float:
+        start = time.monotonic()
+        for _ in range(n):
+            assert send().status_code == status
+        return time.monotonic() - start
+
+    form = timed(5, lambda: d.post("/login", data={"csrf": d.csrf, "token": "guess"}), 401)
+    assert form >= 5 * delay
+    # Each scheme: twenty guesses cost what twenty guesses at the form cost.
+    guess = {"Authorization": "Bearer guess"}
+    assert timed(20, lambda: d.get("/api/queues", headers=guess), 401) >= 20 * delay
+    assert timed(5, lambda: d.get("/", headers=guess), 303) >= 5 * delay
+    basic = {"Authorization": "Basic " + base64.b64encode(b"ops:guess").decode()}
+    assert timed(5, lambda: d.get("/metrics", headers=basic), 401) >= 5 * delay
+    forged = {"Cookie": f"pgjobs_session=nonce.{'0' * 64}"}
+    assert timed(5, lambda: d.get("/api/jobs", headers=forged), 401) >= 5 * delay
+    assert timed(3, lambda: d.get("/api/queues", headers={"Authorization": "Bearer " + "x" * 5000}), 401) >= 3 * delay
+
+    right = {"Authorization": f"Bearer {token}"}
+    assert timed(20, lambda: d.get("/api/queues", headers=right), 200) < 20 * delay / 2
+    assert timed(5, lambda: d.get("/"), 303) < 5 * delay / 2  # no credentials: no guess, sent to the form at once
+    auth = security.TokenAuth(token)
+    assert auth.check_token(token) and not auth.check_token(token[:-1]) and not auth.check_token("\udcff")
+
+
+def test_the_login_page_shows_nothing_about_the_database(dsn: str, dashboard: Callable[..., Client]) -> None:
+    token = "t0ken-for-tests-123"
+    params = conninfo_to_dict(dsn)
+    secrets = [_database.redact(dsn), str(params["dbname"]), f"user={params['user']}", f"host={params['host']}"]
+    d = dashboard(token=token)
+    pages = [
+        d.get("/login"),
+        d.get("/login", headers={"Authorization": f"Bearer {token}"}),  # no oracle: the same page as a wrong one
+        d.get("/login", headers={"Authorization": "Bearer wrong"}),
+        d.post("/login", data={"csrf": d.csrf, "token": "wrong"}),
+        d.post("/login", data={"csrf": "stale", "token": "wrong"}),
+    ]
+    for page in pages:
+        assert page.status_code in (200, 401, 403)
+        assert not [s for s in secrets if s in page.text], page.text
+    assert d.post("/login", data={"csrf": d.csrf, "token": token}).status_code == 303
+    assert _database.redact(dsn) in d.get("/").text  # once logged in
+    assert _database.redact(dsn) in dashboard().get("/").text  # without a token, everyone is
+
+
+def test_the_embedded_app_needs_a_token_or_insecure_and_answers_only_its_host_names(
+    dsn: str, dashboard: Callable[..., Client]
+) -> None:
+    with pytest.raises(ConfigurationError, match="needs a token"):
+        pgjobs.dashboard.app(dsn)
+    with pytest.raises(ConfigurationError, match="one or the other"):
+        pgjobs.dashboard.app(dsn, token="t0ken-for-tests-123", insecure=True)
+
+    token = "t0ken-for-tests-123"
+    bearer = {"Authorization": f"Bearer {token}"}
+    d = dashboard(token=token)
+    for host in ("127.0.0.1", "localhost:8000", "[::1]:8080"):
+        assert d.get("/api/queues", headers={**bearer, "Host": host}).status_code == 200, host
+    for host in ("evil.example", "localhost.evil.example", "127.0.0.1.nip.io"):  # DNS rebinding
+        assert d.get("/api/queues", headers={**bearer, "Host": host}).status_code == 400, host
+    assert dashboard().get("/", headers={"Host": "evil.example"}).status_code == 400  # insecure=True too
+    named = dashboard(token=token, allowed_hosts=["jobs.example.com"], base_url="https://jobs.example.com")
+    assert named.get("/api/queues", headers=bearer).status_code == 200
+    assert named.get("/api/queues", headers={**bearer, "Host": "127.0.0.1"}).status_code == 400
+    anywhere = dashboard(token=token, allowed_hosts=["*"])
+    assert anywhere.get("/api/queues", headers={**bearer, "Host": "jobs.example.com"}).status_code == 200
+
+
+def test_a_job_whose_json_python_cannot_decode_is_listed_and_shown_never_a_500(
+    conn: Conn, dashboard: Callable[..., Client]
+) -> None:
+    fine = enqueue(conn, "fine", args='{"n": 1}')
+    deep = one(conn, "SELECT pgjobs.enqueue('deep', args => (repeat('[', 1000) || repeat(']', 1000))::jsonb)")
+    huge = one(conn, """SELECT pgjobs.enqueue('huge', args => '{"n": 1e5000}', meta => '{"m": 1e5000}')""")
+    nested = one(conn, "SELECT pgjobs.enqueue('nested', args => (repeat('[', %s) || repeat(']', %s))::jsonb)",
+                 [MAX_DEPTH, MAX_DEPTH])  # fmt: skip
+    conn.execute("""SELECT pgjobs.worker_register('w', 'h', 1, 'u', '{default}', 1, 5)""")
+    conn.execute("""SELECT * FROM pgjobs.worker_heartbeat('w', stats => '{"kills": 1e5000}')""")
+    d = dashboard()
+
+    for url in ("/", "/jobs", "/workers", "/api/workers", "/api/queues"):
+        assert d.get(url).status_code == 200, url
+    assert ids(d.get("/jobs")) == [nested, huge, deep, fine]
+    listed = {j["id"]: j for j in d.get("/api/jobs").json()["jobs"]}
+    assert listed[fine]["args"] == {"n": 1} and listed[nested]["task"] == "nested"
+    assert listed[deep]["args"].startswith(f"cannot be decoded: nested deeper than {MAX_DEPTH} levels")
+    assert listed[huge]["args"].startswith("cannot be decoded: Exceeds the limit (4300 digits)")
+    assert listed[huge]["meta"].startswith("cannot be decoded:")
+    for job, reason in ((deep, "nested deeper than"), (huge, "Exceeds the limit")):
+        page = d.get(f"/jobs/{job}")
+        assert page.status_code == 200
+        args = re.search(r'<pre id="args">(.*?)</pre>', page.text, re.S)
+        assert args is not None and args.group(1).startswith(f"cannot be decoded: {reason}")
+        assert len(args.group(1)) < 2 * RAW_CHARS + 100  # the value's text shown truncated
+        assert d.get(f"/api/jobs/{job}").json()["job"]["args"].startswith("cannot be decoded:")
+    assert d.get(f"/api/jobs/{nested}").json()["job"]["args"] is not None  # as deep as shown: decoded
+    assert "cannot be decoded" not in d.get(f"/jobs/{nested}").text
 
 
 def test_a_non_loopback_address_is_refused_without_a_token(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
