@@ -129,21 +129,38 @@ class Heart:
         self._on_beat, self._on_notify, self._on_session = on_beat, on_notify, on_session
         self.last_ok = time.monotonic()  # when the last beat that went through was sent
         self.beats = 0
+        self.listening = queues is not None
         self._stop = threading.Event()
         self._beat_now = threading.Event()
+        self._connected: asyncio.Event | None = None  # set on the loop once its first session is open
+        self._go = threading.Event()  # the worker is registered: beat
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._restarts = Restarts()
 
-    @property
-    def listening(self) -> bool:
-        return self.queues is not None
-
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the thread: it opens its session at once, and beats from go() on."""
         self._loop = loop
-        self.last_ok = time.monotonic()
+        self._connected = asyncio.Event()
         self._thread = threading.Thread(target=self._main, name=f"pgjobs-heart-{self.worker_id}", daemon=True)
         self._thread.start()
+
+    async def go(self, stopped: asyncio.Event) -> None:
+        """Wait for the session opened at start() (unless ``stopped`` is set first), then beat at once
+        and at every turn. The worker registers in between: its first beat follows its
+        registration without a connection's time between them (seconds, on a loaded host), which
+        the reaper would count against it."""
+        assert self._connected is not None
+        waits = [asyncio.create_task(self._connected.wait()), asyncio.create_task(stopped.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        # A pooler's server sessions cannot LISTEN for us; connecting may have found one.
+        self.listening = self.queues is not None and (self.direct or not _database.pooled(self.dsn))
+        self.last_ok = time.monotonic()
+        self._go.set()
 
     def beat_now(self) -> None:
         """Beat at once (within a fraction of a second), not at the next turn. Any thread."""
@@ -169,7 +186,8 @@ class Heart:
             self._loop.call_soon_threadsafe(callback, *args)
 
     def _connect(self) -> psycopg.Connection[_database.Row] | None:
-        """A session, retried with backoff until it works; None once stopping."""
+        """A session, retried with backoff until it works, LISTENing once the worker is registered;
+        None once stopping."""
         name = f"pgjobs heart {self.worker_id}"
         while not self._stop.is_set():
             try:
@@ -178,8 +196,15 @@ class Heart:
                 self.outage.failed("heartbeat connection", exc)
                 self._stop.wait(self.outage.delay)
                 continue
+            if self._connected is not None:
+                self._call(self._connected.set)
+            while not self._go.is_set():
+                if self._stop.wait(_SLICE):
+                    conn.close()
+                    return None
             try:
-                if self.queues is not None:
+                if self.listening:
+                    assert self.queues is not None
                     rows = _database.fetch(conn, _sql.query("queue_channels"), {"queues": list(self.queues)})
                     channels = [r["channel"] for r in rows] + ["pgjobs.cancel", "pgjobs.worker"]
                     conn.execute(_database.listen_query(channels))
@@ -211,7 +236,7 @@ class Heart:
                         return
                     continue
                 wait = min(due - now, _SLICE)
-                if self.queues is None:
+                if not self.listening:
                     self._stop.wait(wait)
                 else:
                     for note in conn.notifies(timeout=wait):

@@ -347,10 +347,14 @@ class Worker:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._on_signal, sig)
+        self._heart.start(self._loop)  # its session opens while the worker registers
+        assert self._stop_event is not None
         try:
             await self._start_processes()
             await self._register_at_start()
+            await self._heart.go(self._stop_event)
         except BaseException:
+            await self._heart.stop()
             await self._close_processes()
             self._remove_signal_handlers(handle_signals)
             raise
@@ -358,13 +362,11 @@ class Worker:
         if self._ready is not None:
             self._ready.set()
         if self._stopping:
+            await self._heart.stop()
             await self._close_processes()
             self._remove_signal_handlers(handle_signals)
             logger.info("worker %s stopped before it started", self.id)
             return
-        if not self._heart.direct and _database.pooled(self.dsn):
-            self._heart.queues = None  # registering found a transaction pooler: no LISTEN through it
-        self._heart.start(self._loop)
         services: dict[str, Callable[[], Awaitable[None]]] = {"the fence": self._fence.run}
         if self._reaper is not None:
             services["the reaper"] = self._reaper.run
