@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -250,8 +251,33 @@ async def connect_async(
 
 
 def _decode_json(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
-    if orjson is not None:
-        set_json_loads(_loads, conn)
+    set_json_loads(_loads if orjson is not None else _standard_loads, conn)
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A json or jsonb value Python cannot decode (nested past its recursion limit, an integer of
+    thousands of digits): why, and the start of its text. It stands in for the value, so that one
+    such job fails alone (a worker records it failed) instead of failing every read of its rows."""
+
+    reason: str
+    text: str
+
+    @classmethod
+    def of(cls, raw: bytes | str, exc: BaseException, shown: int = 200) -> Undecodable:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+        return cls(str(exc)[:shown] or type(exc).__name__, text[:shown] + ("…" if len(text) > shown else ""))
+
+    def __str__(self) -> str:
+        return f"cannot be decoded: {self.reason}. Its text begins: {self.text}"
+
+
+def _standard_loads(data: bytes | bytearray | memoryview | str) -> Any:
+    raw = data if isinstance(data, str) else bytes(data)
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return Undecodable.of(raw, exc)
 
 
 # orjson reads an integer past 64 bits as a float, silently: a document with 19 digits in a row
@@ -266,8 +292,8 @@ def _loads(data: bytes | bytearray | memoryview | str) -> Any:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
-            pass  # what the standard parser accepts and orjson does not (a lone surrogate)
-    return json.loads(raw)
+            pass  # what the standard parser accepts and orjson does not (a lone surrogate, depth past 255)
+    return _standard_loads(raw)
 
 
 def fetch(

@@ -227,7 +227,7 @@ def process(job: Job, worker_id: str) -> Run | None:
     from opentelemetry import propagate, trace
     from opentelemetry.trace import Link, SpanKind
 
-    carried = job.meta.get(META_KEY)
+    carried = job.meta.get(META_KEY) if isinstance(job.meta, Mapping) else None  # an Undecodable too
     extracted = propagate.extract(carried) if isinstance(carried, Mapping) else None
     creation = trace.get_current_span(extracted).get_span_context() if extracted is not None else None
     if creation is not None and not creation.is_valid:

@@ -767,6 +767,9 @@ class Worker:
         outcome: _Outcome | None
         try:
             task = self.tasks.get(job.task)
+            for what, value in (("arguments", job.args), ("meta", job.meta)):
+                if isinstance(value, _database.Undecodable):  # no attempt can mend it: it fails alone
+                    raise _NotRetryable(f"the job's {what} {value}")
             if task is None:
                 raise _NotRetryable(f"unknown task {job.task!r}: no task of that name is registered in this worker")
             result, had_nul = without_nul(await self._invoke(task, job))

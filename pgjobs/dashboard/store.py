@@ -17,6 +17,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from .. import _database, _sql, schedules
+from .._database import Undecodable
 from ..errors import ArgumentError
 from ..job import JobStatus
 
@@ -35,19 +36,6 @@ MAX_DEPTH = 200
 RAW_CHARS = 200
 
 
-@dataclass(frozen=True)
-class Undecodable:
-    """A json or jsonb value the dashboard cannot decode (nested too deep, a number of thousands of
-    digits): why, and the start of its text. It stands in for the value, so that one such job
-    leaves every other value, row and page as it was."""
-
-    reason: str
-    text: str
-
-    def __str__(self) -> str:
-        return f"cannot be decoded: {self.reason}. Its text begins: {self.text}"
-
-
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
     """The dashboard's json loader: json.loads, or an Undecodable for a value it cannot decode."""
     text = data if isinstance(data, str) else bytes(data).decode("utf-8", "replace")
@@ -56,8 +44,7 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
             raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
         return json.loads(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: deep, ValueError: a number too long
-        shown = text[:RAW_CHARS] + ("…" if len(text) > RAW_CHARS else "")
-        return Undecodable(str(exc)[:RAW_CHARS], shown)
+        return Undecodable.of(text, exc, RAW_CHARS)
 
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')

@@ -30,10 +30,11 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import _database
+from .._database import Undecodable
 from ..errors import ArgumentError, ConfigurationError, PgjobsError
 from ..metrics import DatabaseCollector
 from . import chart, security
-from .store import STATUSES, JobFilter, Row, Store, Undecodable
+from .store import STATUSES, JobFilter, Row, Store
 
 _HERE = Path(__file__).resolve().parent
 FLASH_COOKIE = "pgjobs_flash"

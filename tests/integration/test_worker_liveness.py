@@ -11,7 +11,7 @@ import pytest
 from psycopg.rows import dict_row
 
 import pgjobs
-from pgjobs import Job, JobStatus, ReaperConfig
+from pgjobs import Job, JobStatus, ReaperConfig, _database
 from pgjobs.reaper import ReapCounts
 from pgjobs.schedules import SchedulerConfig
 
@@ -355,3 +355,41 @@ def test_a_service_that_fails_unexpectedly_is_logged_and_restarted(
     assert [r.getMessage().split(" failed")[0] for r in failures] == [service]
     assert failures[0].exc_info is not None and isinstance(failures[0].exc_info[1], Injected)
     assert job.status is JobStatus.COMPLETE and fences == 0
+
+
+# Stored past enqueue's own checks (by hand, or by an older version): JSON nested 5,000 deep, and
+# an integer of 5,001 digits (jsonb writes 1e5000 out in full), which Python cannot decode.
+DEEP = "(repeat('[', 5000) || repeat(']', 5000))::jsonb"
+POISONS = {
+    "args nested 5,000 deep": f"UPDATE pgjobs.jobs SET args = {DEEP} WHERE id = %s",
+    "an integer of 5,001 digits": """UPDATE pgjobs.jobs SET args = '{"seconds": 1e5000}'::jsonb WHERE id = %s""",
+    "meta nested 5,000 deep": f"UPDATE pgjobs.jobs SET meta = jsonb_build_object('x', {DEEP}) WHERE id = %s",
+}
+
+
+def test_a_job_whose_json_cannot_be_decoded_fails_alone_and_the_worker_goes_on(
+    env_dsn: str, conn: psycopg.Connection[Any]
+) -> None:
+    poisoned = {}
+    for what, update in POISONS.items():
+        job = nap.enqueue(0, retries=5)
+        conn.execute(update, [job.id])
+        poisoned[what] = job.id
+    good = [nap.enqueue(0) for _ in range(3)]
+
+    async def body(worker: pgjobs.Worker) -> list[Job]:
+        ids = [*poisoned.values(), *(j.id for j in good)]
+        jobs = await pgjobs.wait_async([i for i in ids if i is not None], 20, dsn=env_dsn)
+        later = await nap.enqueue_async(0)  # claimed by the same worker after the poison
+        return [*jobs, await wait_for(env_dsn, later.id)]
+
+    jobs = run_with_worker(env_dsn, body, concurrency=8, **FAST)
+    by_id = {j.id: j for j in jobs}
+    for what, job_id in poisoned.items():
+        job = by_id[job_id]
+        assert (job.status, job.attempts) == (JobStatus.FAILED, 1), (what, job.status, job.error)
+        assert job.error is not None and "cannot be decoded" in job.error, (what, job.error)
+        # Read back, it is there, undecodable, for anyone to look at.
+        assert isinstance(job.args, _database.Undecodable) or isinstance(job.meta, _database.Undecodable)
+    assert all(by_id[j.id].status is JobStatus.COMPLETE for j in good)
+    assert jobs[-1].status is JobStatus.COMPLETE
