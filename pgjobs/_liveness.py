@@ -278,6 +278,10 @@ class Heart:
         self.last_ok = began
         self.beats += 1
         self.outage.ok()
+        took = time.monotonic() - began
+        if took > self.heart_rate:  # the database, not this worker, is slow: say so before a fence does
+            logger.warning("a heartbeat took %.2f s, more than the heart rate (%g s): the database was slow to answer",
+                           took, self.heart_rate)  # fmt: skip
         self._call(self._on_beat, Beat(row["status"], row["abort"], row["lost"], row["settled"], held))
         return max(0.0, self.heart_rate - (time.monotonic() - began))
 
