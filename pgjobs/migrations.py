@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -134,6 +135,25 @@ def _needs_a_session(why: str) -> ConfigurationError:
     )
 
 
+#: Seconds migrate waits for another session's migration lock before it says whose it is.
+LOCK_WAIT = 60.0
+
+
+def _lock(conn: psycopg.Connection[_database.Row], wait: float | None = None) -> None:
+    """Take the migration lock, trying for LOCK_WAIT seconds: another migrate ends in seconds, and
+    a session that holds it longer (any login may take an advisory lock) is named, not waited for."""
+    deadline = time.monotonic() + (LOCK_WAIT if wait is None else wait)
+    while not _database.fetch(conn, _sql.query("migration_lock"))[0]["locked"]:
+        if time.monotonic() >= deadline:
+            holders = _database.fetch(conn, _sql.query("migration_lock_holder"))
+            who = ", ".join(f"pid {h['pid']} ({h['usename']}, {h['application_name'] or 'no name'})" for h in holders)
+            raise ConfigurationError(
+                f"another session holds pgjobs' migration lock (advisory lock 1885957987, 0): {who or 'gone now'}; "
+                "if it is not a pgjobs migrate, end it (SELECT pg_terminate_backend(pid)) and run migrate again"
+            )
+        time.sleep(0.2)
+
+
 def migrate_connection(conn: psycopg.Connection[_database.Row], *, target: int | None = None) -> list[int]:
     """migrate() on an autocommit connection the caller holds."""
     if not conn.autocommit:
@@ -143,7 +163,7 @@ def migrate_connection(conn: psycopg.Connection[_database.Row], *, target: int |
     if not 0 <= target <= len(migrations):
         raise PgjobsError(f"no migration {target}: versions go from 0 to {len(migrations)}")
     changed: list[int] = []
-    _database.fetch(conn, _sql.query("migration_lock"))
+    _lock(conn)
     try:
         with conn.transaction():
             conn.execute(sql.SQL(_sql.read("bootstrap.sql")))

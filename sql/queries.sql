@@ -130,8 +130,16 @@ WHERE p.pronamespace = 'pgjobs'::regnamespace AND p.xmin <> pg_current_xact_id()
 SELECT pgjobs.harden();
 
 -- name: migration_lock
--- Serialise migrations: a session-level advisory lock (class 1885957987 is pgjobs' migrations).
-SELECT pg_advisory_lock(1885957987, 0);
+-- Serialise migrations: a session-level advisory lock (class 1885957987 is pgjobs' migrations),
+-- tried, never waited for (any login may hold it: see migration_lock_holder).
+SELECT pg_try_advisory_lock(1885957987, 0) AS locked;
+
+-- name: migration_lock_holder
+-- Who holds the migration lock: its session's pid, role and application_name.
+SELECT a.pid, a.usename, a.application_name
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.classid = 1885957987 AND l.objid = 0 AND l.objsubid = 2 AND l.granted
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
 
 -- name: migration_unlock
 -- Release the migration lock.

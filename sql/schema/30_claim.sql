@@ -14,10 +14,14 @@ LANGUAGE plpgsql
 -- active jobs (max_active) read every entry of the active-jobs index left by runs since the last
 -- vacuum, where an index scan marks the dead ones and skips them after (a drain with max_active
 -- cost 1.6-1.8x one without).
-SET plan_cache_mode = force_generic_plan SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off AS $$
+-- No lock is waited for longer than lock_timeout: a claim refused for it is tried again later.
+SET plan_cache_mode = force_generic_plan SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off
+SET lock_timeout = '5s' AS $$
 #variable_conflict use_column
 DECLARE
     wanted integer := max_jobs;
+    -- Salts the groups' advisory locks: no login without it can compute a group's key and squat it.
+    salt text;
     -- Per queue, in the order of queues: how many more this call may claim (NULL: no limit), and
     -- for each of its groups the active runs and the claims per window at most (0: no limit).
     caps integer[] := '{}';
@@ -69,7 +73,9 @@ BEGIN
                 cap := 0;
             ELSIF s.max_active > 0 OR s.rate_limit > 0 THEN
                 -- Claimers of a limited queue take turns: each counts what those before it committed.
-                PERFORM pg_advisory_xact_lock(1885957987, hashtext(s.name));
+                -- On its settings row, which only pgjobs' own functions may lock (an advisory lock,
+                -- any login could take and hold).
+                PERFORM FROM pgjobs.queue_settings q WHERE q.queue = s.name FOR NO KEY UPDATE;
                 cap := max_jobs;
                 IF s.max_active > 0 THEN
                     cap := least(cap, s.max_active - (SELECT count(*) FROM pgjobs.jobs_live a
@@ -97,10 +103,11 @@ BEGIN
             group_periods[s.n] := coalesce(s.group_rate_period, 0);
         END LOOP;
     END IF;
+    salt := coalesce((SELECT k.salt FROM pgjobs.lock_keys k LIMIT 1), '');
     WHILE wanted > 0 AND rounds < 4 LOOP
         rounds := rounds + 1;
         -- 1. Lock candidates and claim those whose group has no limit at once. A candidate of a
-        --    limited group also takes the group's transaction-scoped advisory lock, so that
+        --    limited group also takes the group's transaction-scoped advisory lock (salted), so that
         --    concurrent claimers of one group serialise on it, and is claimed by the next statement.
         WITH c AS (
             -- One ordered index scan per queue (queue = ANY(...) would sort the whole backlog).
@@ -125,7 +132,7 @@ BEGIN
                                 WHERE w.queue = q.name AND w.group_key = j.group_key
                                   AND w.claimed_at > now() - make_interval(secs => q.gperiod)) < q.grate)
                        AND (coalesce(q.gcap, 1) = 0 AND coalesce(q.grate, 0) = 0
-                            OR pg_try_advisory_xact_lock(1885957986, hashtext(j.group_key)))))
+                            OR pg_try_advisory_xact_lock(1885957986, hashtext(salt || j.group_key)))))
                 ORDER BY j.priority, j.scheduled_at, j.id
                 LIMIT least(wanted, q.cap)
                 FOR UPDATE OF j SKIP LOCKED
@@ -267,7 +274,8 @@ CREATE OR REPLACE FUNCTION pgjobs.complete_and_dequeue(
     started_at timestamptz, timeout double precision, heartbeat double precision, retry_delay double precision,
     retry_backoff double precision, ttl integer, progress double precision, error text
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET lock_timeout = '5s' AS $$
 #variable_conflict use_column
 DECLARE
     done bigint[];

@@ -48,7 +48,9 @@ CREATE OR REPLACE FUNCTION pgjobs.worker_heartbeat(worker_id text, job_ids bigin
 RETURNS TABLE (status pgjobs.worker_status, abort bigint[], lost bigint[], settled bigint[])
 LANGUAGE plpgsql
 -- Rows by id through the primary key, whatever statistics the plan was made with (see dequeue).
-SET enable_seqscan = off AS $$
+-- A beat waits for no lock longer than a second (a row another session holds): it fails, and the
+-- worker beats again at once; the fence decides when silence lasts too long.
+SET enable_seqscan = off SET lock_timeout = '1s' AS $$
 #variable_conflict use_column
 DECLARE
     s pgjobs.worker_status;

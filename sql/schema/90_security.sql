@@ -56,10 +56,13 @@ BEGIN
         GRANT USAGE ON SCHEMA pgjobs TO pgjobs_client, pgjobs_worker;
         GRANT SELECT ON ALL TABLES IN SCHEMA pgjobs TO pgjobs_worker;
         GRANT SELECT ON pgjobs.jobs, pgjobs.migrations TO pgjobs_client;
+        -- The salt of the groups' advisory locks stays the owner's (see dequeue).
+        REVOKE ALL ON pgjobs.lock_keys FROM pgjobs_worker;
     END IF;
     IF have_admin THEN
         GRANT USAGE ON SCHEMA pgjobs TO pgjobs_admin;
         GRANT SELECT ON ALL TABLES IN SCHEMA pgjobs TO pgjobs_admin;
+        REVOKE ALL ON pgjobs.lock_keys FROM pgjobs_admin;
     END IF;
 END;
 $$;
