@@ -193,7 +193,8 @@ class Heart:
             try:
                 conn = _database.connect(self.dsn, name=name, direct=self.direct)
             except ConfigurationError as exc:  # DatabaseUnavailable too: both may mend (a restart, a fixed pg_hba)
-                self.outage.failed("heartbeat connection", exc)
+                if self._go.is_set():  # before, the worker's registration reports what is wrong
+                    self.outage.failed("heartbeat connection", exc)
                 self._stop.wait(self.outage.delay)
                 continue
             if self._connected is not None:
