@@ -39,6 +39,7 @@ DECLARE
     ids bigint[];
     id_queues text[];
     groups text[];
+    owners text[];  -- the enqueuing role of each grouped candidate: a group is its client's
     claim_ids bigint[];
     claim_slots integer[];
     rounds integer := 0;
@@ -83,10 +84,11 @@ BEGIN
                 END IF;
                 IF s.rate_limit > 0 THEN
                     DELETE FROM pgjobs.queue_claims w
-                    WHERE w.queue = s.name AND w.group_key = ''
+                    WHERE w.queue = s.name AND w.group_key = '' AND w.enqueued_by = ''
                       AND w.claimed_at <= now() - make_interval(secs => s.rate_period);
                     cap := least(cap, s.rate_limit - (SELECT count(*) FROM pgjobs.queue_claims w
-                                                      WHERE w.queue = s.name AND w.group_key = ''));
+                                                      WHERE w.queue = s.name AND w.group_key = ''
+                                                        AND w.enqueued_by = ''));
                     counted := counted || s.name;
                 END IF;
                 cap := greatest(cap, 0);
@@ -114,7 +116,7 @@ BEGIN
             SELECT l.* FROM unnest(dequeue.queues, caps, group_caps, group_rates, group_periods)
                 AS q(name, cap, gcap, grate, gperiod)
             CROSS JOIN LATERAL (
-                SELECT j.id, j.queue, j.priority, j.scheduled_at,
+                SELECT j.id, j.queue, j.priority, j.scheduled_at, j.enqueued_by,
                        CASE WHEN coalesce(q.gcap, 1) > 0 OR coalesce(q.grate, 0) > 0 THEN j.group_key END AS group_key
                 FROM pgjobs.jobs j
                 WHERE j.status = 'queued' AND j.expires_at IS NULL
@@ -124,15 +126,17 @@ BEGIN
                        -- OFFSET 0: probe the group index per candidate; never hash every running job.
                        (coalesce(q.gcap, 1) = 0
                         OR (SELECT count(*) FROM (SELECT FROM pgjobs.jobs a
-                                                  WHERE a.group_key = j.group_key AND a.status IN ('active', 'aborting')
+                                                  WHERE a.enqueued_by = j.enqueued_by AND a.group_key = j.group_key
+                                                    AND a.status IN ('active', 'aborting')
                                                     AND a.expires_at IS NULL LIMIT coalesce(q.gcap, 1)) a)
                            < coalesce(q.gcap, 1))
                        AND (coalesce(q.grate, 0) = 0
                             OR (SELECT count(*) FROM pgjobs.queue_claims w
-                                WHERE w.queue = q.name AND w.group_key = j.group_key
+                                WHERE w.queue = q.name AND w.group_key = j.group_key AND w.enqueued_by = j.enqueued_by
                                   AND w.claimed_at > now() - make_interval(secs => q.gperiod)) < q.grate)
                        AND (coalesce(q.gcap, 1) = 0 AND coalesce(q.grate, 0) = 0
-                            OR pg_try_advisory_xact_lock(1885957986, hashtext(salt || j.group_key)))))
+                            OR pg_try_advisory_xact_lock(1885957986,
+                                                         hashtext(salt || j.enqueued_by || '/' || j.group_key)))))
                 ORDER BY j.priority, j.scheduled_at, j.id
                 LIMIT least(wanted, q.cap)
                 FOR UPDATE OF j SKIP LOCKED
@@ -153,8 +157,9 @@ BEGIN
         SELECT (SELECT array_agg(free.j) FROM free), count(*),
                array_agg(c.id ORDER BY c.priority, c.scheduled_at, c.id) FILTER (WHERE c.group_key IS NOT NULL),
                array_agg(c.queue ORDER BY c.priority, c.scheduled_at, c.id) FILTER (WHERE c.group_key IS NOT NULL),
-               array_agg(c.group_key ORDER BY c.priority, c.scheduled_at, c.id) FILTER (WHERE c.group_key IS NOT NULL)
-        INTO rows, locked, ids, id_queues, groups
+               array_agg(c.group_key ORDER BY c.priority, c.scheduled_at, c.id) FILTER (WHERE c.group_key IS NOT NULL),
+               array_agg(c.enqueued_by ORDER BY c.priority, c.scheduled_at, c.id) FILTER (WHERE c.group_key IS NOT NULL)
+        INTO rows, locked, ids, id_queues, groups, owners
         FROM c;
         EXIT WHEN locked = 0;
         grouped := NULL;
@@ -164,15 +169,15 @@ BEGIN
         IF ids IS NOT NULL AND NOT limited THEN
             -- Groups of queues without settings: one run of a group at a time, in slot 0.
             WITH c AS (
-                SELECT u.id, u.group_key,
-                       row_number() OVER (PARTITION BY u.group_key ORDER BY u.ord) AS nth
-                FROM unnest(ids, groups) WITH ORDINALITY AS u(id, group_key, ord)
+                SELECT u.id, u.group_key, u.enqueued_by,
+                       row_number() OVER (PARTITION BY u.enqueued_by, u.group_key ORDER BY u.ord) AS nth
+                FROM unnest(ids, groups, owners) WITH ORDINALITY AS u(id, group_key, enqueued_by, ord)
             ), free AS (
                 SELECT c.id FROM c
                 WHERE c.nth = 1
                   AND NOT EXISTS (SELECT FROM pgjobs.jobs a
-                                  WHERE a.group_key = c.group_key AND a.status IN ('active', 'aborting')
-                                    AND a.expires_at IS NULL OFFSET 0)
+                                  WHERE a.enqueued_by = c.enqueued_by AND a.group_key = c.group_key
+                                    AND a.status IN ('active', 'aborting') AND a.expires_at IS NULL OFFSET 0)
             ), u AS (
                 UPDATE pgjobs.jobs_live j
                 SET status = 'active', attempts = j.attempts + 1, worker_id = dequeue.worker_id,
@@ -183,40 +188,44 @@ BEGIN
             SELECT array_agg(u.j) INTO grouped FROM u;
         ELSIF ids IS NOT NULL THEN
             WITH c AS (
-                SELECT u.id, u.queue, u.group_key,
-                       row_number() OVER (PARTITION BY u.group_key ORDER BY u.ord) AS nth
-                FROM unnest(ids, id_queues, groups) WITH ORDINALITY AS u(id, queue, group_key, ord)
+                SELECT u.id, u.queue, u.group_key, u.enqueued_by,
+                       row_number() OVER (PARTITION BY u.enqueued_by, u.group_key ORDER BY u.ord) AS nth
+                FROM unnest(ids, id_queues, groups, owners) WITH ORDINALITY AS u(id, queue, group_key, enqueued_by, ord)
             ), g AS (
-                SELECT DISTINCT ON (c.group_key) c.group_key, c.queue,
+                SELECT DISTINCT ON (c.enqueued_by, c.group_key) c.enqueued_by, c.group_key, c.queue,
                        coalesce(q.gcap, 1) AS gcap, coalesce(q.grate, 0) AS grate, q.gperiod
                 FROM c
                 LEFT JOIN unnest(dequeue.queues, group_caps, group_rates, group_periods)
                     AS q(name, gcap, grate, gperiod) ON q.name = c.queue
-                ORDER BY c.group_key, c.nth
+                ORDER BY c.enqueued_by, c.group_key, c.nth
             ), room AS (
-                SELECT g.group_key,
+                SELECT g.enqueued_by, g.group_key,
                        least(CASE WHEN g.gcap = 0 THEN 2147483647
                                   ELSE g.gcap - (SELECT count(*) FROM pgjobs.jobs a
-                                                 WHERE a.group_key = g.group_key AND a.status IN ('active', 'aborting')
+                                                 WHERE a.enqueued_by = g.enqueued_by AND a.group_key = g.group_key
+                                                   AND a.status IN ('active', 'aborting')
                                                    AND a.expires_at IS NULL OFFSET 0) END,
                              CASE WHEN g.grate = 0 THEN 2147483647
                                   ELSE g.grate - (SELECT count(*) FROM pgjobs.queue_claims w
                                                   WHERE w.queue = g.queue AND w.group_key = g.group_key
+                                                    AND w.enqueued_by = g.enqueued_by
                                                     AND w.claimed_at > now() - make_interval(secs => g.gperiod)) END
                        ) AS n
                 FROM g
             ), slots AS (
-                SELECT g.group_key, s.slot, row_number() OVER (PARTITION BY g.group_key ORDER BY s.slot) AS nth
+                SELECT g.enqueued_by, g.group_key, s.slot,
+                       row_number() OVER (PARTITION BY g.enqueued_by, g.group_key ORDER BY s.slot) AS nth
                 FROM g CROSS JOIN LATERAL generate_series(0, g.gcap - 1) AS s(slot)
                 WHERE NOT EXISTS (SELECT FROM pgjobs.jobs a
-                                  WHERE a.group_key = g.group_key AND a.group_slot = s.slot
+                                  WHERE a.enqueued_by = g.enqueued_by AND a.group_key = g.group_key
+                                    AND a.group_slot = s.slot
                                     AND a.status IN ('active', 'aborting') AND a.expires_at IS NULL)
             )
             SELECT array_agg(c.id), array_agg(s.slot)
             INTO claim_ids, claim_slots
             FROM c
-            JOIN room r ON r.group_key = c.group_key AND c.nth <= r.n
-            LEFT JOIN slots s ON s.group_key = c.group_key AND s.nth = c.nth;
+            JOIN room r ON r.enqueued_by = c.enqueued_by AND r.group_key = c.group_key AND c.nth <= r.n
+            LEFT JOIN slots s ON s.enqueued_by = c.enqueued_by AND s.group_key = c.group_key AND s.nth = c.nth;
             IF claim_ids IS NOT NULL THEN
                 WITH u AS (
                     UPDATE pgjobs.jobs_live j
@@ -243,10 +252,10 @@ BEGIN
                           FROM unnest(dequeue.queues, caps) WITH ORDINALITY AS u(name, cap, n) ORDER BY u.n);
             -- Each claim of a rate-limited queue or group enters its sliding window now, where the
             -- next round's counts (and, after commit, other claimers') see it.
-            INSERT INTO pgjobs.queue_claims (queue, group_key, claimed_at)
-            SELECT t.queue, '', now() FROM unnest(rows) t WHERE t.queue = ANY (counted)
+            INSERT INTO pgjobs.queue_claims (queue, group_key, enqueued_by, claimed_at)
+            SELECT t.queue, '', '', now() FROM unnest(rows) t WHERE t.queue = ANY (counted)
             UNION ALL
-            SELECT t.queue, t.group_key, now() FROM unnest(rows) t
+            SELECT t.queue, t.group_key, t.enqueued_by, now() FROM unnest(rows) t
             WHERE t.queue = ANY (group_counted) AND t.group_key IS NOT NULL;
         END IF;
         -- Fewer rows locked than asked for: the queue holds no more due jobs for us. (With limits,

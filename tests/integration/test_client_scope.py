@@ -150,3 +150,24 @@ def test_wait_works_for_a_client_kept_off_the_channels(login: Any, conn: Conn, d
     (job,) = pgjobs.wait([job_id], 10, dsn=make_conninfo(dsn, user=alice.info.user))
     finisher.join()
     assert job.status is pgjobs.JobStatus.COMPLETE
+
+
+@pytest.mark.parametrize("limited", [False, True])
+def test_groups_are_per_client_and_span_that_clients_queues(login: Any, conn: Conn, limited: bool) -> None:
+    alice, bob = login("pgjobs_client"), login("pgjobs_client")
+    if limited:  # settings take the other claim path: group slots and rate windows
+        for queue in ("a", "b"):
+            conn.execute("SELECT pgjobs.set_queue(%s, group_max_active => 1, group_rate_limit => 10, "
+                         "group_rate_period => 60)", [queue])  # fmt: skip
+    conn.execute("SELECT pgjobs.worker_register('w', 'h', 1, 'u', '{a,b}', 10, 5)")
+    first = one(alice, "SELECT pgjobs.enqueue('t', queue => 'a', group_key => 'customer:77')")
+    assert [r["id"] for r in conn.execute("SELECT id FROM pgjobs.dequeue('w', '{a,b}', 10)")] == [first]
+    # Alice's group runs: her next job of it waits, in any queue; Bob's group of the same name does not.
+    alice_next = one(alice, "SELECT pgjobs.enqueue('t', queue => 'b', group_key => 'customer:77')")
+    bob_job = one(bob, "SELECT pgjobs.enqueue('t', queue => 'b', group_key => 'customer:77')")
+    bob_next = one(bob, "SELECT pgjobs.enqueue('t', queue => 'a', group_key => 'customer:77')")
+    claimed = [r["id"] for r in conn.execute("SELECT id FROM pgjobs.dequeue('w', '{a,b}', 10)")]
+    assert claimed == [bob_job] or claimed == [bob_next], claimed
+    assert job_row(conn, alice_next)["status"] == "queued"
+    conn.execute("SELECT pgjobs.complete(%s)", [first])
+    assert [r["id"] for r in conn.execute("SELECT id FROM pgjobs.dequeue('w', '{a,b}', 10)")] == [alice_next]
