@@ -258,6 +258,7 @@ _HEALTH = {
     "oldest_xmin_seconds": "xmin_age",
     "jobs_overdue": "overdue",
     "workers_silent": "silent_workers",
+    "notify_queue_usage": "notify_queue",
 }
 _STATES = ("OK", "WARNING", "CRITICAL")
 
@@ -647,6 +648,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--xmin-age", "600:3600", "seconds the oldest transaction or snapshot holds back vacuum"),
         ("--overdue", "1:100", "running jobs past their timeout or heartbeat (the reaper is behind)"),
         ("--silent-workers", "1:inf", "workers past their heartbeat, not yet marked dead"),
+        ("--notify-queue", "0.5:0.9", "the server's NOTIFY queue in use, 0 to 1 (a listener in an open transaction)"),
     ):
         c.add_argument(option, type=_thresholds, default=_thresholds(default), metavar="WARN:CRIT",
                        help=f"{what} (default {default})")  # fmt: skip

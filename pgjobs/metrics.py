@@ -61,8 +61,8 @@ class WorkerMetrics:
 
 
 class DatabaseCollector(Collector):
-    """``pgjobs_queue_jobs{queue,status}``, ``pgjobs_queue_oldest_queued_seconds{queue}`` and
-    ``pgjobs_workers{status}``, read from the database at each scrape."""
+    """``pgjobs_queue_jobs{queue,status}``, ``pgjobs_queue_oldest_queued_seconds{queue}``,
+    ``pgjobs_workers{status}`` and ``pgjobs_notify_queue_usage``, read from the database at each scrape."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -73,6 +73,9 @@ class DatabaseCollector(Collector):
             "pgjobs_queue_oldest_queued_seconds", "Seconds the oldest due job of a queue has waited", labels=["queue"]
         )
         workers = GaugeMetricFamily("pgjobs_workers", "Workers by status", labels=["status"])
+        notify = GaugeMetricFamily(
+            "pgjobs_notify_queue_usage", "The server's NOTIFY queue in use, 0 to 1 (full: notifying statements fail)"
+        )
         with _database.connect(self.dsn, name="pgjobs metrics") as conn:
             for q in _database.fetch(conn, _sql.query("queue_list")):
                 for status in ("queued", "scheduled", "waiting", "active"):
@@ -80,4 +83,5 @@ class DatabaseCollector(Collector):
                 oldest.add_metric([q["queue"]], q["oldest_queued_seconds"] or 0.0)
             for w in _database.fetch(conn, _sql.query("worker_counts")):
                 workers.add_metric([w["status"]], w["n"])
-        yield from (jobs, oldest, workers)
+            notify.add_metric([], _database.fetch(conn, _sql.query("notify_queue_usage"))[0]["usage"])
+        yield from (jobs, oldest, workers, notify)

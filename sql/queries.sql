@@ -129,6 +129,10 @@ WHERE p.pronamespace = 'pgjobs'::regnamespace AND p.xmin <> pg_current_xact_id()
 -- Pin and grant every function (after sql/schema is applied).
 SELECT pgjobs.harden();
 
+-- name: notify_queue_usage
+-- How full the server's NOTIFY queue is, 0 to 1.
+SELECT pg_notification_queue_usage() AS usage;
+
 -- name: migration_lock
 -- Serialise migrations: a session-level advisory lock (class 1885957987 is pgjobs' migrations),
 -- tried, never waited for (any login may hold it: see migration_lock_holder).

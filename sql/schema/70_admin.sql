@@ -197,4 +197,8 @@ LANGUAGE sql STABLE AS $$
     UNION ALL
     SELECT 'workers_silent', '', count(*) FILTER (WHERE NOT pgjobs.worker_is_alive(w.id))::float8
     FROM pgjobs.workers w WHERE w.status IN ('running', 'stopping')
+    UNION ALL
+    -- The server's NOTIFY queue, 0 to 1: a session that LISTENs and sits in an open transaction
+    -- holds it back, and once it is full every statement that notifies fails.
+    SELECT 'notify_queue_usage', '', pg_notification_queue_usage()
 $$;

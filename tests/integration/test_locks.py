@@ -10,12 +10,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 import pgjobs
 from pgjobs import migrations
 from pgjobs.errors import ConfigurationError
+from pgjobs.metrics import DatabaseCollector
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -82,3 +84,14 @@ def test_migrate_names_who_holds_its_lock_instead_of_waiting_for_ever(
     assert time.monotonic() - started < 5
     stranger.execute("SELECT pg_advisory_unlock_all()")
     assert pgjobs.migrate(dsn) == []
+
+
+def test_health_says_how_full_the_notify_queue_is(conn: Conn, dsn: str) -> None:
+    # A session that LISTENs and sits in an open transaction holds the queue back; once it is full
+    # (8 GB by default) every statement that notifies fails. Health and the metrics show it coming.
+    rows = {(r["metric"], r["subject"]): r["value"] for r in conn.execute("SELECT * FROM pgjobs.health()")}
+    usage = rows[("notify_queue_usage", "")]
+    assert 0 <= usage < 0.01
+    registry = CollectorRegistry()
+    registry.register(DatabaseCollector(dsn))
+    assert "pgjobs_notify_queue_usage " in generate_latest(registry).decode()
