@@ -21,12 +21,106 @@ BEGIN
 END;
 $$;
 
--- The payload cap, in PL/pgSQL, whose plans last the session: every complete_many reads it.
+-- The least payload cap, 8 kB: a smaller pgjobs.max_payload counts as this. A payload no bigger
+-- (most jobs') is under any cap, so enqueue, touch and complete do not read the setting for it:
+-- reading it is a catalog query, which costs a one-job transaction tens of microseconds.
+CREATE OR REPLACE FUNCTION pgjobs._cap_floor() RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 8192
+$$;
+
+-- The payload cap, in bytes, on a job's args and meta, a result and the meta touch merges in: the
+-- operator's pgjobs.max_payload of this database (ALTER DATABASE … SET), else of every database
+-- (ALTER ROLE ALL SET), else 1 MiB; at least _cap_floor(). Read from pg_db_role_setting, which
+-- only a database's owner or a superuser writes, not with current_setting(): that is the session's
+-- value, which the client itself can SET (or pass in its startup options) to lift the cap for its
+-- own jobs. pg_database is read only when a setting is found.
 CREATE OR REPLACE FUNCTION pgjobs.max_payload() RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RETURN coalesce(pg_size_bytes(nullif(current_setting('pgjobs.max_payload', true), '')), 1048576);
+    RETURN greatest(coalesce((SELECT pg_size_bytes(nullif(substr(c.setting, 20), ''))
+                              FROM pg_db_role_setting s, unnest(s.setconfig) AS c(setting)
+                              WHERE s.setrole = 0 AND c.setting LIKE 'pgjobs.max\_payload=%'
+                                AND (s.setdatabase = 0
+                                     OR EXISTS (SELECT FROM pg_database d
+                                                WHERE d.oid = s.setdatabase AND d.datname = current_database()))
+                              ORDER BY s.setdatabase DESC LIMIT 1), 1048576),
+                    pgjobs._cap_floor());
 END;
+$$;
+
+-- A compressed document's size once decompressed: concatenating an empty document of the same kind
+-- returns the other one decompressed.
+CREATE OR REPLACE FUNCTION pgjobs._decompressed_size(doc jsonb) RETURNS integer
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN CASE WHEN jsonb_typeof(doc) = 'object' THEN pg_column_size('{}'::jsonb || doc)
+                ELSE pg_column_size('[]'::jsonb || doc) END;
+END;
+$$;
+
+-- The size of a JSON document, in bytes, as a cap measures it: uncompressed. pg_column_size alone
+-- gives a compressed value's stored size, so a client enqueueing from a table of its own could
+-- pass 20 MB of repetitive text as a few hundred kB. Small, as it is inlined into enqueue's checks.
+CREATE OR REPLACE FUNCTION pgjobs._size(doc jsonb) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN pg_column_compression(doc) IS NULL THEN pg_column_size(doc) ELSE pgjobs._decompressed_size(doc) END
+$$;
+
+-- The problem of a document over the cap, as {field, message}.
+CREATE OR REPLACE FUNCTION pgjobs._over_cap(field text, doc jsonb, cap bigint) RETURNS text[]
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN ARRAY[field, format('is %s bytes, over the cap of %s (pgjobs.max_payload)', pgjobs._size(doc), cap)];
+END;
+$$;
+
+-- What in a JSON document a mainstream decoder would refuse, as {field, message}; NULL when nothing
+-- is. The limits (README, Limits) are what every mainstream decoder reads with its defaults:
+-- - nesting: at most 64 arrays and objects deep. .NET's System.Text.Json stops past 64 by
+--   default, Rust's serde_json past 127, orjson's dumps past 254, Python's json near 1000 (its
+--   recursion limit: RecursionError), Jackson past 1000.
+-- - a number: at most 308 characters as PostgreSQL keeps it, which writes out every digit (1e5000
+--   is 5001 digits; 1e-5 is 0.00001). That keeps its value below 1e308, within a double's range,
+--   past which orjson, Go and serde_json refuse it; far from Python's 4300-digit limit on integers
+--   (ValueError) and Jackson's 1000-character limit on numbers. Every int64 fits, and every double
+--   from about 1e-290 up with all its digits.
+-- doc_text is doc::text. Called by _json_problem for a document that might break a limit. The
+-- walk for nesting looks at level 64 only. The text is searched for a run of 20 digits (a longer
+-- number has one, an int64 or a double's usual text does not; 154 would cost half as much again)
+-- before the numbers are read one by one.
+CREATE OR REPLACE FUNCTION pgjobs._json_limits(field text, doc jsonb, doc_text text) RETURNS text[]
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF pgjobs._size(doc) >= 520 AND doc @? 'strict $.**{64} ? (@.type() == "array" || @.type() == "object")' THEN
+        RETURN ARRAY[field, 'nests arrays and objects more than 64 deep, past what JSON decoders read'];
+    END IF;
+    -- Two IFs: the first is a simple expression, cheap to evaluate; the second runs a query.
+    IF octet_length(doc_text) > 308 AND doc_text ~ '[0-9]{20}' THEN
+        IF EXISTS (SELECT FROM jsonb_path_query(doc, 'strict $.** ? (@.type() == "number")') AS n(v)
+                   WHERE octet_length(n.v::text) > 308) THEN
+            RETURN ARRAY[field, 'holds a number of more than 308 characters as stored (1e400 is 401 digits), past '
+                                'what JSON decoders read: send it as a string'];
+        END IF;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- The way in to _json_limits, for every document enqueue, touch and complete take. Inlined into
+-- enqueue's checks, whose expression PL/pgSQL sets up again in every transaction: kept small, the
+-- exact checks in a function of their own. doc_text: doc::text, computed once by the caller (an inlined argument is
+-- computed at each of its uses). The usual job ends at its first test: text of at most 308
+-- characters cannot hold a longer number, and text shorter than 130 characters or a document under
+-- 520 bytes (each array takes 8) cannot nest 65 deep.
+CREATE OR REPLACE FUNCTION pgjobs._json_problem(field text, doc jsonb, doc_text text) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN doc_text IS NULL OR octet_length(doc_text) <= 308
+             AND (octet_length(doc_text) < 130 OR pg_column_size(doc) < 520 AND pg_column_compression(doc) IS NULL)
+            THEN NULL
+        ELSE pgjobs._json_limits(field, doc, doc_text)
+    END
 $$;
 
 -- The cap on an error text kept with a job: longer ones keep their head and tail.
@@ -37,12 +131,21 @@ LANGUAGE sql IMMUTABLE AS $$
                      || right(error, 32000) END
 $$;
 
--- A result over the cap is replaced by a note that says so, with the start of its text.
+-- A result over the cap (pgjobs.max_payload(), read only for a result over its floor), or one a
+-- JSON decoder would refuse (_json_problem), is replaced by a note that says so, with the start of
+-- its text: the job still completes. Refusing it would fail the worker's whole batch of
+-- completions, again at every try.
 CREATE OR REPLACE FUNCTION pgjobs._fit_result(result jsonb) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN result IS NULL OR pg_column_size(result) <= pgjobs.max_payload() THEN result
-                ELSE jsonb_build_object('pgjobs_truncated', true, 'bytes', pg_column_size(result),
-                                        'start', left(result::text, 1000)) END
+    SELECT CASE
+        WHEN result IS NULL THEN NULL
+        WHEN pgjobs._size(result) > pgjobs._cap_floor() AND pgjobs._size(result) > pgjobs.max_payload()
+            THEN jsonb_build_object('pgjobs_truncated', true, 'bytes', pgjobs._size(result),
+                                    'start', left(result::text, 1000))
+        WHEN pgjobs._json_problem('result', result, result::text) IS NULL THEN result
+        ELSE jsonb_build_object('pgjobs_truncated', true, 'bytes', pgjobs._size(result), 'start', left(result::text, 1000),
+                                'reason', (pgjobs._json_problem('result', result, result::text))[2])
+    END
 $$;
 
 -- Error texts are kept whatever their size: a huge traceback keeps its head and tail.

@@ -1,22 +1,25 @@
 -- Enqueue: checking a job and inserting it, alone or many at once.
 
--- The first thing wrong with a job's arguments or meta, as {field, message}; NULL when nothing is.
-CREATE OR REPLACE FUNCTION pgjobs._payload_problem(args jsonb, meta jsonb, cap bigint) RETURNS text[]
+-- The first thing wrong with a job's arguments or meta, as {field, message}; NULL when nothing is:
+-- their kind, their size (uncompressed, see _size) and what a JSON decoder would refuse in them
+-- (_json_problem). args_text: args::text, computed once by the caller. Most jobs' meta is {},
+-- which skips that.
+CREATE OR REPLACE FUNCTION pgjobs._payload_problem(args jsonb, meta jsonb, cap bigint, args_text text) RETURNS text[]
 LANGUAGE sql STABLE AS $$
-    SELECT CASE
+    SELECT coalesce(CASE
         WHEN jsonb_typeof(coalesce(args, '{}')) NOT IN ('object', 'array') THEN ARRAY['args',
             format('must be a JSON object (keyword arguments) or array (positional), got %s', jsonb_typeof(args))]
-        WHEN pg_column_size(args) > cap THEN ARRAY['args',
-            format('is %s bytes, over the cap of %s (pgjobs.max_payload)', pg_column_size(args), cap)]
+        WHEN pgjobs._size(args) > cap THEN pgjobs._over_cap('args', args, cap)
         WHEN jsonb_typeof(coalesce(meta, '{}')) <> 'object' THEN ARRAY['meta', 'must be a JSON object']
-        WHEN pg_column_size(meta) > cap THEN ARRAY['meta',
-            format('is %s bytes, over the cap of %s (pgjobs.max_payload)', pg_column_size(meta), cap)]
-    END
+        WHEN pgjobs._size(meta) > cap THEN pgjobs._over_cap('meta', meta, cap)
+    END, pgjobs._json_problem('args', args, args_text),
+        CASE WHEN meta <> '{}' THEN pgjobs._json_problem('meta', meta, meta::text) END)
 $$;
 
 -- The first thing wrong with one job's options, defaults applied, as {field, message}; NULL when
 -- nothing is. One set of rules for enqueue_job (through _job_row) and enqueue_many, which applies
--- it to all its jobs in one statement. cap: pgjobs.max_payload(), read once by the caller.
+-- it to all its jobs in one statement. cap: pgjobs.max_payload(), read once by the caller (NULL
+-- when no payload is over its floor); args_text: args::text, computed once by the caller.
 CREATE OR REPLACE FUNCTION pgjobs._job_problem(
     task text,
     args jsonb,
@@ -32,7 +35,8 @@ CREATE OR REPLACE FUNCTION pgjobs._job_problem(
     retry_backoff double precision,
     ttl integer,
     meta jsonb,
-    cap bigint
+    cap bigint,
+    args_text text
 ) RETURNS text[]
 LANGUAGE sql STABLE AS $$
     -- coalesce stops at the first problem: task and queue, then the payload, then the rest.
@@ -42,7 +46,7 @@ LANGUAGE sql STABLE AS $$
             format('must be 1 to 200 characters without spaces or control characters, got %L', left(task, 300))]
         WHEN length(coalesce(queue, 'default')) NOT BETWEEN 1 AND 48 OR queue ~ '[^A-Za-z0-9_.:-]' THEN ARRAY['queue',
             format('must be 1 to 48 characters from A-Z a-z 0-9 _ . : -, got %L', left(queue, 300))]
-    END, pgjobs._payload_problem(args, meta, cap), CASE
+    END, pgjobs._payload_problem(args, meta, cap, args_text), CASE
         WHEN coalesce(priority, 0) NOT BETWEEN -1000000 AND 1000000 THEN ARRAY['priority',
             format('must be between -1000000 and 1000000, got %s', priority)]
         WHEN scheduled_at IN ('-infinity', 'infinity') THEN ARRAY['scheduled_at', 'must be a finite time']
@@ -87,9 +91,12 @@ CREATE OR REPLACE FUNCTION pgjobs._job_row(
 LANGUAGE plpgsql AS $$
 DECLARE
     -- A variable, not a call in the arguments: a costly argument used twice stops the inlining.
-    cap bigint := pgjobs.max_payload();
+    -- Read only for a payload over the cap's floor (NULL: nothing to compare).
+    cap bigint := CASE WHEN greatest(pgjobs._size(args), pgjobs._size(meta)) > pgjobs._cap_floor()
+                       THEN pgjobs.max_payload() END;
+    args_text text := args::text;
     problem text[] := pgjobs._job_problem(task, args, queue, priority, coalesce(scheduled_at, now()), group_key,
-        key, max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, cap);
+        key, max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, cap, args_text);
     r pgjobs.jobs;
 BEGIN
     IF problem IS NOT NULL THEN
@@ -245,7 +252,8 @@ $$;
 -- enqueue_many's jobs as rows to insert into jobs_live, defaults applied and each checked as it
 -- is read: the first wrong one (unnest yields them in array order) raises. Each array holds one
 -- element a job, or none (the default); uniform: every option was one for all, so only the first
--- job's options are checked.
+-- job's options are checked. args_text: each args::text, computed once by the caller (here it
+-- would be computed at each of its uses; a subquery kept from being pulled up costs more).
 CREATE OR REPLACE FUNCTION pgjobs._many_rows(
     ids bigint[],
     task text[],
@@ -263,6 +271,7 @@ CREATE OR REPLACE FUNCTION pgjobs._many_rows(
     retry_backoff double precision[],
     ttl integer[],
     meta jsonb[],
+    args_text text[],
     uniform boolean,
     cap bigint
 ) RETURNS TABLE (id bigint, queue text, task text, args jsonb, priority integer, group_key text, key text,
@@ -274,10 +283,10 @@ LANGUAGE sql STABLE AS $$
     SELECT r.id, r.queue, r.task, r.args, r.priority, r.group_key, r.key, r.max_attempts, r.scheduled_at,
            r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl, r.meta
     FROM (
-        SELECT q.*, CASE WHEN uniform AND q.i > 0 THEN pgjobs._payload_problem(q.args, q.meta, cap)
+        SELECT q.*, CASE WHEN uniform AND q.i > 0 THEN pgjobs._payload_problem(q.args, q.meta, cap, q.args_text)
                     ELSE pgjobs._job_problem(q.task, q.args, q.queue, q.priority, q.scheduled_at, q.group_key,
                         q.key, q.max_attempts, q.timeout, q.heartbeat, q.retry_delay, q.retry_backoff, q.ttl,
-                        q.meta, cap)
+                        q.meta, cap, q.args_text)
                     END AS fault
         FROM (
             SELECT u.n - 1 AS i, u.id, u.task, coalesce(u.args, '{}') AS args, coalesce(u.queue, 'default') AS queue,
@@ -286,11 +295,12 @@ LANGUAGE sql STABLE AS $$
                    u.group_key, u.key, coalesce(u.max_attempts, 3) AS max_attempts,
                    coalesce(u.timeout, 0) AS timeout, coalesce(u.heartbeat, 0) AS heartbeat,
                    coalesce(u.retry_delay, 1) AS retry_delay, coalesce(u.retry_backoff, 3600) AS retry_backoff,
-                   coalesce(u.ttl, 86400) AS ttl, coalesce(u.meta, '{}') AS meta
+                   coalesce(u.ttl, 86400) AS ttl, coalesce(u.meta, '{}') AS meta,
+                   coalesce(u.args_text, '{}') AS args_text
             FROM unnest(ids, task, args, queue, priority, scheduled_at, delay, group_key, key, max_attempts,
-                        timeout, heartbeat, retry_delay, retry_backoff, ttl, meta) WITH ORDINALITY
+                        timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, args_text) WITH ORDINALITY
                  AS u(id, task, args, queue, priority, scheduled_at, delay, group_key, key, max_attempts, timeout,
-                      heartbeat, retry_delay, retry_backoff, ttl, meta, n)
+                      heartbeat, retry_delay, retry_backoff, ttl, meta, args_text, n)
         ) q
     ) r
     WHERE r.fault IS NULL OR pgjobs._refused(format('jobs[%s].', r.i) || r.fault[1], r.fault[2])
@@ -337,6 +347,7 @@ DECLARE
     ids bigint[];
     queues text[];
     keyed boolean;
+    args_text text[];
     -- Every option one element for all jobs (as Python's enqueue_many sends a usual batch): they are
     -- checked on the first job only, the other jobs' arguments and meta on their own.
     uniform boolean := (SELECT max(u.length) FROM unnest(lengths, names) AS u(length, name)
@@ -355,10 +366,13 @@ BEGIN
     queues := CASE WHEN cardinality(queue) > 0 THEN ARRAY(SELECT DISTINCT coalesce(q, 'default') FROM unnest(queue) AS q)
                    ELSE ARRAY['default'] END;
     keyed := coalesce(cardinality(array_remove(key, NULL)), 0) > 0;
+    -- The arguments' text, which _json_problem reads (see _many_rows): once for one element for all.
+    args_text := args::text[];
     -- One element for all: spread it, so that one unnest lines the jobs up.
     IF n > 1 THEN
         task := CASE WHEN cardinality(task) = 1 THEN array_fill(task[1], ARRAY[n]) ELSE task END;
         args := CASE WHEN cardinality(args) = 1 THEN array_fill(args[1], ARRAY[n]) ELSE args END;
+        args_text := CASE WHEN cardinality(args_text) = 1 THEN array_fill(args_text[1], ARRAY[n]) ELSE args_text END;
         queue := CASE WHEN cardinality(queue) = 1 THEN array_fill(queue[1], ARRAY[n]) ELSE queue END;
         priority := CASE WHEN cardinality(priority) = 1 THEN array_fill(priority[1], ARRAY[n]) ELSE priority END;
         scheduled_at := CASE WHEN cardinality(scheduled_at) = 1 THEN array_fill(scheduled_at[1], ARRAY[n])
@@ -387,7 +401,7 @@ BEGIN
         OVERRIDING SYSTEM VALUE  -- see _enqueue
         SELECT * FROM pgjobs._many_rows(ids, task, args, queue, priority, scheduled_at, delay, group_key, key,
                                         max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta,
-                                        uniform, cap)
+                                        args_text, uniform, cap)
         -- The one unique index a new job can meet. Named, so that no other is probed a row (a tenth
         -- of a batch's server time went to probing the primary key).
         ON CONFLICT (enqueued_by, key) WHERE status IN ('waiting', 'queued', 'active', 'aborting') AND key IS NOT NULL
@@ -401,7 +415,7 @@ BEGIN
         OVERRIDING SYSTEM VALUE
         SELECT * FROM pgjobs._many_rows(ids, task, args, queue, priority, scheduled_at, delay, group_key, key,
                                         max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta,
-                                        uniform, cap);
+                                        args_text, uniform, cap);
     END IF;
     PERFORM pg_notify(pgjobs._channel(q), '') FROM unnest(queues) AS q;
     PERFORM pgjobs._announce_events(array_remove(ids, NULL), 'queued');

@@ -21,7 +21,6 @@ LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan SET jit = off SET enable_seqscan = off SET enable_bitmapscan = off AS $$
 #variable_conflict use_column
 DECLARE
-    cap bigint := pgjobs.max_payload();
     done bigint[];
     unblocked text[];
 BEGIN
@@ -41,8 +40,8 @@ BEGIN
         -- would copy every row (events are announced below instead).
         UPDATE pgjobs.jobs_live j
         SET status = 'complete',
-            result = CASE WHEN u.result IS NULL OR pg_column_size(u.result) <= cap THEN u.result
-                          ELSE pgjobs._fit_result(u.result) END,
+            -- Over the cap, or past what a JSON decoder reads: a note instead, the job still completes.
+            result = pgjobs._fit_result(u.result),
             progress = 1, completed_at = now(), touched_at = now()
         FROM unnest(complete_many.job_ids, coalesce(complete_many.results, '{}'),
                     coalesce(complete_many.attempts, '{}')) AS u(id, result, attempt)
@@ -115,26 +114,55 @@ END;
 $$;
 
 -- Refresh a running job's touched time, and optionally its progress (0 to 1) and meta (merged
--- into the stored object). Fenced by the attempt: false when the run is no longer current.
+-- into the stored object, which stays within the cap and what JSON decoders read, as at enqueue).
+-- Fenced by the attempt: false when the run is no longer current.
 CREATE OR REPLACE FUNCTION pgjobs.touch(job_id bigint, attempt integer, progress double precision DEFAULT NULL, meta jsonb DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql
 -- Rows by id through the primary key, whatever statistics the plan was made with (see dequeue).
 SET enable_seqscan = off AS $$
 #variable_conflict use_column
+DECLARE
+    cap bigint;
+    meta_text text;  -- computed once: _json_problem would compute doc::text at each use
+    problem text[];
+    merged integer;
 BEGIN
     IF touch.progress IS NOT NULL AND NOT (touch.progress >= 0 AND touch.progress <= 1) THEN
         PERFORM pgjobs._refuse('progress', format('must be between 0 and 1, got %s', touch.progress));
     END IF;
-    IF touch.meta IS NOT NULL AND jsonb_typeof(touch.meta) <> 'object' THEN
-        PERFORM pgjobs._refuse('meta', 'must be a JSON object');
+    IF touch.meta IS NOT NULL THEN
+        IF jsonb_typeof(touch.meta) <> 'object' THEN
+            PERFORM pgjobs._refuse('meta', 'must be a JSON object');
+        END IF;
+        IF pgjobs._size(touch.meta) > pgjobs._cap_floor() THEN
+            cap := pgjobs.max_payload();
+            IF pgjobs._size(touch.meta) > cap THEN
+                problem := pgjobs._over_cap('meta', touch.meta, cap);
+                PERFORM pgjobs._refuse(problem[1], problem[2]);
+            END IF;
+        END IF;
+        meta_text := touch.meta::text;
+        problem := pgjobs._json_problem('meta', touch.meta, meta_text);
+        IF problem IS NOT NULL THEN
+            PERFORM pgjobs._refuse(problem[1], problem[2]);
+        END IF;
     END IF;
     UPDATE pgjobs.jobs j
     SET touched_at = now(),
         progress = coalesce(touch.progress, j.progress),
         meta = CASE WHEN touch.meta IS NULL THEN j.meta ELSE j.meta || touch.meta END
     WHERE j.id = touch.job_id AND j.attempts = touch.attempt AND j.status IN ('active', 'aborting')
-      AND j.expires_at IS NULL;
+      AND j.expires_at IS NULL
+    RETURNING CASE WHEN touch.meta IS NOT NULL THEN pgjobs._size(j.meta) END INTO merged;
+    IF merged > pgjobs._cap_floor() THEN
+        cap := coalesce(cap, pgjobs.max_payload());
+        IF merged > cap THEN
+            -- The error undoes the update: what was stored stays.
+            PERFORM pgjobs._refuse('meta', format('merged into the job''s meta makes it %s bytes, over the cap of %s '
+                                                  '(pgjobs.max_payload)', merged, cap));
+        END IF;
+    END IF;
     RETURN FOUND;
 END;
 $$;

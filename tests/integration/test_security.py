@@ -170,9 +170,11 @@ def test_payload_caps_are_enforced_and_configurable(conn: Conn) -> None:
     big = Jsonb({"blob": "x" * 2_000_000})
     with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"args: is \d+ bytes, over the cap"):
         conn.execute("SELECT pgjobs.enqueue('t', %s)", [big])
-    conn.execute("SET pgjobs.max_payload = '4MB'")
+    # The operator's, for the database (a session's own SET counts for nothing: test_limits).
+    database = sql.Identifier(conn.execute("SELECT current_database() AS d").fetchone()["d"])  # type: ignore[index]
+    conn.execute(sql.SQL("ALTER DATABASE {} SET pgjobs.max_payload = '4MB'").format(database))
     conn.execute("SELECT pgjobs.enqueue('t', %s)", [big])
-    conn.execute("RESET pgjobs.max_payload")
+    conn.execute(sql.SQL("ALTER DATABASE {} RESET pgjobs.max_payload").format(database))
     small = conn.execute("SELECT pgjobs.enqueue('t') AS id").fetchone()["id"]  # type: ignore[index]
     conn.execute("SELECT * FROM pgjobs.dequeue('w', '{default}', 5)")
     assert conn.execute("SELECT pgjobs.complete(%s, %s) AS ok", [small, big]).fetchone() == {"ok": True}
