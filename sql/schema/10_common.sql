@@ -210,12 +210,21 @@ BEGIN
 END;
 $$;
 
+-- NOTIFY, unless the server's NOTIFY queue is nine tenths full: a listener sitting in an open
+-- transaction holds the queue back, and once it is full pg_notify fails the statement that
+-- calls it (an enqueue, a completion). Every pgjobs notification is a hint (workers poll, waiters
+-- read again), so one not sent delays something, never loses it. An expression, inlined.
+CREATE OR REPLACE FUNCTION pgjobs._notify(channel text, payload text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT CASE WHEN pg_notification_queue_usage() < 0.9 THEN pg_notify(channel, payload) END
+$$;
+
 -- Send ids, comma-separated, on a channel: at most 500 a notification, far below the
 -- 8000-byte payload limit.
 CREATE OR REPLACE FUNCTION pgjobs._notify_ids(channel text, ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify(channel, string_agg(u.id::text, ','))
+    PERFORM pgjobs._notify(channel, string_agg(u.id::text, ','))
     FROM unnest(ids) WITH ORDINALITY AS u(id, n)
     GROUP BY (u.n - 1) / 500;
 END;
@@ -226,7 +235,7 @@ CREATE OR REPLACE FUNCTION pgjobs._announce_done(job_ids bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF job_ids IS NOT NULL AND pgjobs._heard('pgjobs.done') THEN
-        PERFORM pg_notify('pgjobs.done', string_agg(u.id::text, ','))
+        PERFORM pgjobs._notify('pgjobs.done', string_agg(u.id::text, ','))
         FROM unnest(job_ids) WITH ORDINALITY AS u(id, n)
         GROUP BY (u.n - 1) / 500;
     END IF;
@@ -242,12 +251,12 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
-        PERFORM pg_notify('pgjobs.events', string_agg(c.item, ','))
+        PERFORM pgjobs._notify('pgjobs.events', string_agg(c.item, ','))
         FROM (SELECT n.id || ':' || n.status AS item, (row_number() OVER () - 1) / 300 AS batch
               FROM new_rows n) c
         GROUP BY c.batch;
     ELSE
-        PERFORM pg_notify('pgjobs.events', string_agg(c.item, ','))
+        PERFORM pgjobs._notify('pgjobs.events', string_agg(c.item, ','))
         FROM (SELECT n.id || ':' || n.status AS item, (row_number() OVER () - 1) / 300 AS batch
               FROM new_rows n JOIN old_rows o ON o.id = n.id
               WHERE n.status IS DISTINCT FROM o.status) c
@@ -266,7 +275,7 @@ BEGIN
     IF coalesce(current_setting('pgjobs.events', true), '') = 'off' OR NOT pgjobs._heard('pgjobs.events') THEN
         RETURN;
     END IF;
-    PERFORM pg_notify('pgjobs.events', string_agg(u.id || ':' || status, ','))
+    PERFORM pgjobs._notify('pgjobs.events', string_agg(u.id || ':' || status, ','))
     FROM unnest(ids) WITH ORDINALITY AS u(id, n)
     GROUP BY (u.n - 1) / 300;
 END;

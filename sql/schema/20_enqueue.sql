@@ -183,7 +183,7 @@ BEGIN
         IF FOUND THEN
             IF j.status = 'queued' THEN
                 -- Delivered at commit only, and folded into one per channel per transaction.
-                PERFORM pg_notify(pgjobs._channel(j.queue), '');
+                PERFORM pgjobs._notify(pgjobs._channel(j.queue), '');
             END IF;
             PERFORM pgjobs._announce_events(ARRAY[j.id], j.status);
             RETURN j;
@@ -417,7 +417,7 @@ BEGIN
                                         max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta,
                                         args_text, uniform, cap);
     END IF;
-    PERFORM pg_notify(pgjobs._channel(q), '') FROM unnest(queues) AS q;
+    PERFORM pgjobs._notify(pgjobs._channel(q), '') FROM unnest(queues) AS q;
     PERFORM pgjobs._announce_events(array_remove(ids, NULL), 'queued');
     RETURN QUERY
     SELECT (u.n - 1)::integer, coalesce(u.id, (SELECT t.id FROM pgjobs.jobs_live t

@@ -100,7 +100,7 @@ BEGIN
         DELETE FROM pgjobs.queue_settings t WHERE t.queue = set_queue.queue;
         DELETE FROM pgjobs.queue_claims w WHERE w.queue = set_queue.queue;
     END IF;
-    PERFORM pg_notify(pgjobs._channel(queue), '');
+    PERFORM pgjobs._notify(pgjobs._channel(queue), '');
     SELECT * INTO r FROM pgjobs.queues q WHERE q.queue = set_queue.queue;
     IF NOT FOUND THEN
         r.queue := queue;

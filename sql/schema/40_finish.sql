@@ -57,7 +57,7 @@ BEGIN
     PERFORM pgjobs._announce_done(done);
     PERFORM pgjobs._announce_events(done, 'complete');
     -- The next job of each group may run now: wake the workers of its queue.
-    PERFORM pg_notify(pgjobs.queue_channel(q), '') FROM unnest(unblocked) AS q;
+    PERFORM pgjobs._notify(pgjobs.queue_channel(q), '') FROM unnest(unblocked) AS q;
     RETURN QUERY SELECT unnest(done);
 END;
 $$;
@@ -107,7 +107,7 @@ BEGIN
     END IF;
     IF s = 'queued' OR old.group_key IS NOT NULL THEN
         -- A retry, or the next job of the group, may be due: wake the workers of the queue.
-        PERFORM pg_notify(pgjobs.queue_channel(old.queue), '');
+        PERFORM pgjobs._notify(pgjobs.queue_channel(old.queue), '');
     END IF;
     RETURN s;
 END;
@@ -187,7 +187,7 @@ BEGIN
         IF s = 'aborted' THEN
             PERFORM pgjobs._announce_done(ARRAY[job_id]);
         ELSE
-            PERFORM pg_notify('pgjobs.cancel', job_id::text);
+            PERFORM pgjobs._notify('pgjobs.cancel', job_id::text);
         END IF;
         RETURN s;
     END IF;
@@ -235,7 +235,7 @@ BEGIN
            array_agg(c.id) FILTER (WHERE c.status <> 'queued')
     INTO n, woken, finished
     FROM changed c;
-    PERFORM pg_notify(pgjobs.queue_channel(q), '') FROM unnest(woken) AS q;
+    PERFORM pgjobs._notify(pgjobs.queue_channel(q), '') FROM unnest(woken) AS q;
     PERFORM pgjobs._announce_done(finished);
     RETURN n;
 END;
@@ -266,7 +266,7 @@ BEGIN
             RETURNING c.queue
         )
         SELECT array_agg(DISTINCT ready.queue) INTO woken FROM ready;
-        PERFORM pg_notify(pgjobs._channel(q), '') FROM unnest(woken) AS q;
+        PERFORM pgjobs._notify(pgjobs._channel(q), '') FROM unnest(woken) AS q;
     ELSE
         WITH gone AS (
             UPDATE pgjobs.jobs c

@@ -144,7 +144,7 @@ BEGIN
     FROM changed c;
     PERFORM pgjobs._announce_done(finished);
     -- A retry, or the next job of a group, may be due: wake the workers of those queues.
-    PERFORM pg_notify(pgjobs.queue_channel(q), '') FROM unnest(woken) AS q;
+    PERFORM pgjobs._notify(pgjobs.queue_channel(q), '') FROM unnest(woken) AS q;
     RETURN QUERY SELECT unnest(ended);
 END;
 $$;
@@ -161,7 +161,7 @@ BEGIN
     WHERE w.id = worker_stop.worker_id AND w.status = 'running'
     RETURNING w.status INTO s;
     IF FOUND THEN
-        PERFORM pg_notify('pgjobs.worker', worker_stop.worker_id);
+        PERFORM pgjobs._notify('pgjobs.worker', worker_stop.worker_id);
         RETURN s;
     END IF;
     SELECT w.status INTO s FROM pgjobs.workers w WHERE w.id = worker_stop.worker_id;

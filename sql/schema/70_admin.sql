@@ -18,7 +18,7 @@ BEGIN
         RETURNING j.queue
     )
     SELECT count(*), array_agg(DISTINCT again.queue) INTO n, woken FROM again;
-    PERFORM pg_notify(pgjobs._channel(w), '') FROM unnest(woken) AS w;
+    PERFORM pgjobs._notify(pgjobs._channel(w), '') FROM unnest(woken) AS w;
     RETURN n;
 END;
 $$;
