@@ -226,10 +226,14 @@ class Heart:
         try:
             self._call(self._on_session)
             due = 0.0  # a new session beats at once: stop requests and cancels sent meanwhile
+            last = -_SLICE
             while not self._stop.is_set():
                 now = time.monotonic()
-                if now >= due or self._beat_now.is_set():
+                # A beat asked for (a notification: any login may send a flood) comes a slice after
+                # the last one at the soonest: ten a second at most.
+                if now >= due or (self._beat_now.is_set() and now - last >= _SLICE):
                     self._beat_now.clear()
+                    last = now
                     wait = self._beat(conn)
                     due = time.monotonic() + wait
                     if conn.closed:  # a session the beat found useless (a standby, a dying server)

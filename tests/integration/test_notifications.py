@@ -109,3 +109,21 @@ def test_events_reports_only_what_the_database_confirms(env_dsn: str, stranger: 
         assert conn.execute("SELECT pgjobs.complete(%s)", [done]).fetchone() == (True,)
     follower.join()
     assert seen == [Event(done, JobStatus.COMPLETE)]
+
+
+def test_a_flood_of_forged_notifications_costs_ten_beats_a_second_at_most(env_dsn: str, stranger: str) -> None:
+    async def body(worker: pgjobs.Worker) -> tuple[int, float]:
+        await asyncio.sleep(0.5)  # registered and beating (every 30 s)
+        beats, started = worker._heart.beats, time.monotonic()
+
+        def flood() -> None:
+            with psycopg.connect(stranger, autocommit=True) as conn:
+                for _ in range(300):
+                    conn.execute("SELECT pg_notify('pgjobs.cancel', '1'), pg_notify('pgjobs.worker', %s)", [worker.id])
+
+        await asyncio.to_thread(flood)
+        await asyncio.sleep(0.3)
+        return worker._heart.beats - beats, time.monotonic() - started
+
+    beats, seconds = run_with_worker(env_dsn, body, heart_rate=30, poll_interval=0.2)
+    assert 1 <= beats <= 10 * seconds + 2, (beats, seconds)
