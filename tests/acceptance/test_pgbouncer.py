@@ -175,6 +175,10 @@ def test_a_worker_that_found_a_pooler_does_not_listen_through_it(
         Process(*args, env={"PGJOBS_ACCEPTANCE_LOG": str(tmp_path)}) as worker,
     ):
         wait_for(conn, "SELECT count(*) FROM pgjobs.workers WHERE status = 'running'", (1,), timeout=10)
+        # Registered, the worker starts once its heart's session is open too: wait for its start line.
+        deadline = time.monotonic() + 10
+        while " started: " not in worker.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
         worker.signal()
         assert worker.wait(30) == 0, worker.output()
         assert "polling every 0.5 s" in worker.output(), worker.output()
