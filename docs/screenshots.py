@@ -1,4 +1,4 @@
-"""Take the README's dashboard screenshots (docs/dashboard-*.png) from demo data in a scratch database.
+"""Take the dashboard guide's screenshots (docs/dashboard-*.png) from demo data in a scratch database.
 
     .venv/bin/python docs/screenshots.py postgresql://postgres@127.0.0.1:5432/postgres
 

@@ -292,21 +292,24 @@ def enqueue(task: str | TaskRef, /, *args: Any, conn: Connection | None = None, 
     Positional and keyword arguments other than the options below go to the task (one kind or
     the other: a job stores one JSON array or object); ``args=`` gives them explicitly instead.
 
+    Options, given as keywords:
+
+    - ``queue``: the queue (default ``"default"``).
+    - ``priority``: lower runs first (default 0; negatives allowed).
+    - ``scheduled``: a timezone-aware time to run at; or ``delay`` seconds from now (database clock).
+    - ``group_key``: jobs sharing it never run at the same time.
+    - ``key``: while an unfinished job with this key exists, that job is returned instead.
+    - ``retries``: how many times a failed run is tried again (default 2).
+    - ``timeout``: seconds a run may take (0: no limit); ``heartbeat``: seconds it may go untouched.
+    - ``retry_delay``: seconds before a retry; ``retry_backoff``: True to double it per attempt
+      with jitter, or a number to cap the doubling at that many seconds.
+    - ``ttl``: seconds a finished job is kept (0: forever, -1: not kept).
+    - ``meta``: a dict stored with the job.
+    - ``depends_on``: jobs (ids or Jobs) that must all complete before this one is claimed; it
+      waits (status ``waiting``) until then, and is aborted if one of them fails or is aborted.
+      In enqueue_many(), JobRequests of the same call may be named too.
+
     :param conn: a connection of the caller's: the job joins its transaction.
-    :param queue: the queue (default ``"default"``).
-    :param priority: lower runs first (default 0; negatives allowed).
-    :param scheduled: a timezone-aware time to run at; or ``delay`` seconds from now (database clock).
-    :param group_key: jobs sharing it never run at the same time.
-    :param key: while an unfinished job with this key exists, that job is returned instead.
-    :param retries: how many times a failed run is tried again (default 2).
-    :param timeout: seconds a run may take (0: no limit); ``heartbeat``: seconds it may go untouched.
-    :param retry_delay: seconds before a retry; ``retry_backoff``: True to double it per attempt
-        with jitter, or a number to cap the doubling at that many seconds.
-    :param ttl: seconds a finished job is kept (0: forever, -1: not kept).
-    :param meta: a dict stored with the job.
-    :param depends_on: jobs (ids or Jobs) that must all complete before this one is claimed; it
-        waits (status ``waiting``) until then, and is aborted if one of them fails or is aborted.
-        In enqueue_many(), JobRequests of the same call may be named too.
     """
     request = job(task, *args, **kwargs)
     if (tracer := _tracing.tracer()) is not None:

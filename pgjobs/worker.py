@@ -102,7 +102,8 @@ def default_worker_id() -> str:
 class Worker:
     """Runs the jobs of some queues with the tasks registered in this process.
 
-    :param dsn: the database (see pgjobs.resolve_dsn).
+    :param dsn: the database; None: ``PGJOBS_DSN``, ``DATABASE_URL``, else the embedded server
+        (see pgjobs.resolve_dsn).
     :param queues: the queues to take jobs from.
     :param concurrency: how many jobs run at once.
     :param poll_interval: seconds between polls when no notification arrives (a lost NOTIFY
@@ -135,7 +136,7 @@ class Worker:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | None = None,
         *,
         queues: Sequence[str] = ("default",),
         concurrency: int = 10,
@@ -173,7 +174,7 @@ class Worker:
             raise ValueError("heart_rate must be a positive number of seconds")
         if connections < 1:
             raise ValueError("connections must be at least 1")
-        self.dsn = dsn
+        self.dsn = dsn = _database.resolve_dsn(dsn)
         self.id = worker_id or default_worker_id()
         self.queues = list(dict.fromkeys(queues))
         self.concurrency = concurrency

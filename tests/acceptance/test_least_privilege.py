@@ -1,5 +1,5 @@
 """A real `pgjobs worker` logged in as a role that is a member of pgjobs_worker alone, the
-least-privilege deployment the README's Security section describes: it runs jobs, fires
+least-privilege deployment the security guide (docs/guides/security.md) describes: it runs jobs, fires
 schedules and leads the reaper, and nothing it runs is refused."""
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ QUEUE = "conformance"
 CONCURRENCY = 4
 HEART_RATE = 1.0
 SHUTDOWN_GRACE = 1.5
-# What a noisy machine may add to a bound the README promises (process start-up aside).
+# What a noisy machine may add to a bound the docs promise (process start-up aside).
 SLACK = 1.0
 
 COMMANDS = {

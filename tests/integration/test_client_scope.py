@@ -81,7 +81,7 @@ CALLS: dict[str, Callable[[Conn, int, str], None]] = {
     "max_payload": harmless("SELECT pgjobs.max_payload()"),
     "worker_is_alive": harmless("SELECT pgjobs.worker_is_alive('w')"),
     # The announcement channels carry ids and statuses of every job (never arguments or results);
-    # the README's Security section says so.
+    # the security guide (docs/guides/security.md) says so.
     "listen": harmless("SELECT pgjobs.listen('pgjobs.done')"),
     "unlisten": harmless("SELECT pgjobs.unlisten('pgjobs.done')"),
 }

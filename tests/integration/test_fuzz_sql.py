@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-# The refusals the README documents.
+# The refusals the SQL reference (docs/reference/sql.md) documents.
 DOCUMENTED = {
     "22023",  # invalid_parameter_value: pgjobs' own checks
     "22P02",  # invalid_text_representation: not JSON, not a number

@@ -1,4 +1,4 @@
-"""Limits on what a job stores (README, Limits): JSON that every mainstream decoder reads, and a
+"""Limits on what a job stores (docs/guides/security.md, Limits): JSON that every mainstream decoder reads, and a
 payload cap that is the operator's, not a client's."""
 
 from __future__ import annotations
