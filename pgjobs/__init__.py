@@ -1,5 +1,8 @@
 """pgjobs: a PostgreSQL-native work queue for Python and for any language that speaks SQL."""
 
+# The one place the version is written: the build reads it here ([tool.hatch.version] in pyproject.toml).
+__version__ = "0.1.0"
+
 from ._database import redact, resolve_dsn
 from .client import (
     Event,
@@ -50,8 +53,6 @@ from .reaper import ReapCounts, Reaper, ReaperConfig
 from .schedules import BackfillSummary, Schedule, Scheduler, SchedulerConfig, backfill, periodic
 from .tasks import Task, task
 from .worker import Worker
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ArgumentError",

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from . import _database, _sql, client, embedded, migrations, queue, schedules
+from . import __version__, _database, _sql, client, embedded, migrations, queue, schedules
 from .errors import ConfigurationError, PgjobsError, SchemaError
 from .job import Job, JobStatus
 from .reaper import ReaperConfig
@@ -567,6 +567,7 @@ def add_worker_arguments(c: argparse.ArgumentParser, modules: str = "+") -> None
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pgjobs", description="A PostgreSQL-native work queue.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)
 
