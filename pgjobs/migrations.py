@@ -3,11 +3,13 @@
 Each migration is a ``NNNN_name.up.sql`` file, with a ``NNNN_name.down.sql`` twin unless it cannot be
 rolled back. They are applied in order, each in its own transaction, under an advisory lock so that
 two processes migrating at once are safe, and recorded in ``pgjobs.migrations``. Migrations hold
-tables, types, indexes and data moves; from 0008 on, functions, triggers and policies live in
-``sql/schema/*.sql`` (their current text, one file per concern), applied with ``CREATE OR REPLACE``
-after the migrations whenever their digest differs from the one recorded, in the transaction of
-the last migration. Functions the files no longer define are dropped there. Applying again is a
-no-op.
+tables, types, indexes, roles and data; ``0001_baseline`` is the schema of the first release (the
+migrations of the development before it were squashed into it). Functions, triggers, views and
+policies live in ``sql/schema/*.sql`` (their current text, one file per concern), applied with
+``CREATE OR REPLACE`` after the migrations whenever their digest differs from the one recorded, in
+the transaction of the last migration. Functions the files no longer define are dropped there.
+Applying again is a no-op. A database whose record names migrations no release ships (made by a
+development checkout before the squash) is refused with what to do.
 """
 
 from __future__ import annotations
@@ -27,9 +29,6 @@ from .errors import ConfigurationError, PgjobsError, SchemaError
 logger = logging.getLogger("pgjobs.migrations")
 
 _FILE = re.compile(r"^(\d{4})_(\w+)\.up\.sql$")
-
-#: The first migration after which sql/schema holds the functions.
-SCHEMA_FILES_FROM = 8
 
 
 @dataclass(frozen=True)
@@ -86,24 +85,44 @@ def latest_version() -> int:
 
 def applied(conn: psycopg.Connection[_database.Row]) -> list[int]:
     """Versions applied in the database behind conn (empty when the schema does not exist)."""
+    return list(recorded(conn))
+
+
+def recorded(conn: psycopg.Connection[_database.Row]) -> dict[int, str]:
+    """The migrations recorded in the database behind conn, version: name (empty when the schema
+    does not exist)."""
     if not _database.fetch(conn, _sql.query("schema_exists"))[0]["present"]:
-        return []
-    return [r["version"] for r in _database.fetch(conn, _sql.query("migration_applied"))]
+        return {}
+    return {r["version"]: r["name"] for r in _database.fetch(conn, _sql.query("migration_applied"))}
+
+
+def _refuse_unreleased(done: dict[int, str], migrations: list[Migration]) -> None:
+    """Raise SchemaError when the database records a migration under a number this pgjobs ships with
+    another name: a development version made it (the migrations 1 to 13 of the development before
+    the first release were squashed into 0001_baseline), and no migration leads from there."""
+    shipped = {m.version: m.name for m in migrations}
+    if any(shipped.get(version, name) != name for version, name in done.items()):
+        raise SchemaError(
+            "the pgjobs schema in this database was made by an unreleased development version of pgjobs "
+            f"(migrations {min(done)} to {max(done)}, which no release ships): drop the pgjobs schema "
+            "(DROP SCHEMA pgjobs CASCADE; its jobs go with it) and run `pgjobs migrate`"
+        )
 
 
 def check(conn: psycopg.Connection[_database.Row]) -> None:
     """Raise SchemaError unless every shipped migration is applied."""
-    versions = applied(conn)
+    done = recorded(conn)
     latest = latest_version()
-    if not versions:
+    if not done:
         raise SchemaError("the pgjobs schema is missing in this database: run `pgjobs migrate`")
-    if max(versions) < latest:
+    _refuse_unreleased(done, available())
+    if max(done) < latest:
         raise SchemaError(
-            f"the pgjobs schema is at version {max(versions)}, this pgjobs needs {latest}: run `pgjobs migrate`"
+            f"the pgjobs schema is at version {max(done)}, this pgjobs needs {latest}: run `pgjobs migrate`"
         )
-    if max(versions) > latest:
+    if max(done) > latest:
         raise SchemaError(
-            f"the pgjobs schema is at version {max(versions)}, newer than this pgjobs ({latest}): upgrade pgjobs"
+            f"the pgjobs schema is at version {max(done)}, newer than this pgjobs ({latest}): upgrade pgjobs"
         )
 
 
@@ -167,7 +186,9 @@ def migrate_connection(conn: psycopg.Connection[_database.Row], *, target: int |
     try:
         with conn.transaction():
             conn.execute(sql.SQL(_sql.read("bootstrap.sql")))
-        done = set(applied(conn))
+        record = recorded(conn)
+        _refuse_unreleased(record, migrations)
+        done = set(record)
         blocked = [m for m in migrations if m.version > target and m.version in done and not m.reversible]
         if blocked:
             raise PgjobsError(
@@ -197,11 +218,11 @@ def migrate_connection(conn: psycopg.Connection[_database.Row], *, target: int |
                 with conn.transaction():
                     conn.execute(sql.SQL(m.down))
                     _database.fetch(conn, _sql.query("migration_forget"), {"version": m.version})
-                    if m.version > SCHEMA_FILES_FROM:
+                    if m.version > 1:  # the baseline's down drops the record of the files with its table
                         _database.fetch(conn, _sql.query("schema_files_forget"))
                 logger.info("rolled back migration %04d_%s", m.version, m.name)
                 changed.append(-m.version)
-        if changed and changed[-1] < 0:
+        if changed and changed[-1] < 0 and target > 0:  # at 0, none are left
             logger.warning("the functions are still this version's: run `pgjobs migrate` of the version rolled back to")
     finally:
         _database.fetch(conn, _sql.query("migration_unlock"))

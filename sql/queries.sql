@@ -95,8 +95,8 @@ SELECT pgjobs.listen(%(channel)s);
 SELECT pgjobs.release(%(worker_id)s, %(ids)s) AS released;
 
 -- name: migration_applied
--- Versions of the migrations applied so far.
-SELECT version FROM pgjobs.migrations ORDER BY version;
+-- The migrations applied so far: version and name.
+SELECT version, name FROM pgjobs.migrations ORDER BY version;
 
 -- name: migration_record
 -- Record one applied migration.
@@ -107,7 +107,7 @@ INSERT INTO pgjobs.migrations (version, name) VALUES (%(version)s, %(name)s);
 DELETE FROM pgjobs.migrations WHERE version = %(version)s;
 
 -- name: schema_files_digest
--- The digest of the sql/schema files last applied (NULL before migration 0008, or after a rollback).
+-- The digest of the sql/schema files last applied (NULL after a rollback).
 SELECT (SELECT f.digest FROM pgjobs.schema_files f) AS digest;
 
 -- name: schema_files_record
