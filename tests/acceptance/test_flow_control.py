@@ -37,6 +37,12 @@ def run_workers(dsn: str, tmp_path: Path, total: int, *args: str, timeout: float
                         + "\n".join(f"--- worker {i}:\n{w.output()[-3000:]}" for i, w in enumerate(workers))
                     )
                 time.sleep(0.2)
+            # A worker still starting (slow imports on a loaded machine) has no signal handler yet:
+            # the jobs may all be done before then. Registered, it has one.
+            while conn.execute("SELECT count(*) FROM pgjobs.workers").fetchone() != (len(workers),):
+                if time.monotonic() >= deadline:
+                    pytest.fail(f"not all {len(workers)} workers registered within {timeout} s")
+                time.sleep(0.05)
         for w in workers:
             w.signal(signal.SIGTERM)
         assert [w.wait(timeout=30) for w in workers] == [0, 0, 0, 0], [w.output() for w in workers]
