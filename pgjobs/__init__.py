@@ -48,7 +48,17 @@ from .errors import (
 )
 from .job import Job, JobStatus
 from .migrations import migrate
-from .queue import Queue, queues, queues_async, set_queue, set_queue_async
+from .queue import (
+    Queue,
+    Tenant,
+    queues,
+    queues_async,
+    set_queue,
+    set_queue_async,
+    set_tenant,
+    set_tenant_async,
+    tenants,
+)
 from .reaper import ReapCounts, Reaper, ReaperConfig
 from .schedules import BackfillSummary, Schedule, Scheduler, SchedulerConfig, backfill, periodic
 from .tasks import Task, task
@@ -74,6 +84,7 @@ __all__ = [
     "SchedulerConfig",
     "SchemaError",
     "Task",
+    "Tenant",
     "UnknownTaskError",
     "Worker",
     "backfill",
@@ -110,9 +121,12 @@ __all__ = [
     "retry_failed",
     "set_queue",
     "set_queue_async",
+    "set_tenant",
+    "set_tenant_async",
     "stop_worker",
     "stop_worker_async",
     "task",
+    "tenants",
     "wait",
     "wait_async",
 ]

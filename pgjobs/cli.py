@@ -145,7 +145,7 @@ def _enqueue(args: argparse.Namespace) -> int:
         raise PgjobsError(f"ARGS must be a JSON object or array: {exc}") from None
     options: dict[str, Any] = {
         k: getattr(args, k)
-        for k in ("queue", "priority", "delay", "group_key", "key", "retries", "timeout")
+        for k in ("queue", "priority", "delay", "group_key", "key", "retries", "timeout", "tenant")
         if getattr(args, k) is not None
     }
     with _connection(args) as conn:
@@ -391,6 +391,8 @@ def _describe(q: queue.Queue) -> str:
         limits.append(f"group-rate={q.group_rate_limit}/{q.group_rate_period:g}s")
     if q.group_max_active != 1:
         limits.append(f"group-max-active={q.group_max_active or 'none'}")
+    if q.fair:
+        limits.append("fair")
     waited = "" if q.oldest_queued_seconds is None else f" oldest={q.oldest_queued_seconds:.1f}s"
     return (
         f"{q.queue}  {'paused' if q.paused else 'running'}  queued={q.queued} scheduled={q.scheduled} "
@@ -407,6 +409,15 @@ def _queues(args: argparse.Namespace) -> int:
 
 def _queue(args: argparse.Namespace) -> int:
     settings: dict[str, Any] = {}
+    if args.action == "weight":
+        if args.tenant is None or args.weight is None:
+            raise PgjobsError("queue weight needs a TENANT and a WEIGHT ('' is the unnamed tenant; 1 is the default)")
+        with _connection(args) as conn:
+            t = queue.set_tenant(args.name, args.tenant, args.weight, conn=conn)
+        print(f"{t.queue}  tenant {t.tenant or '(unnamed)'}  weight={t.weight:g}")
+        return 0
+    if args.tenant is not None or args.weight is not None:
+        raise PgjobsError(f"queue {args.action} takes no TENANT or WEIGHT (queue weight NAME TENANT WEIGHT does)")
     if args.action in ("pause", "resume"):
         settings["paused"] = args.action == "pause"
     else:
@@ -418,8 +429,10 @@ def _queue(args: argparse.Namespace) -> int:
             settings["max_active"] = args.max_active
         if args.group_max_active is not None:
             settings["group_max_active"] = args.group_max_active
+        if args.fair is not None:
+            settings["fair"] = args.fair
         if not settings:
-            raise PgjobsError("queue limit needs --rate, --max-active, --group-rate or --group-max-active")
+            raise PgjobsError("queue limit needs --rate, --max-active, --group-rate, --group-max-active or --fair")
     with _connection(args) as conn:
         print(_describe(queue.set_queue(args.name, conn=conn, **settings)))
     return 0
@@ -608,6 +621,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--priority", type=int)
     c.add_argument("--delay", type=float, help="seconds from now")
     c.add_argument("--group-key")
+    c.add_argument("--tenant", help="whose work this is: a fair queue shares its claims between tenants")
     c.add_argument("--key")
     c.add_argument("--retries", type=int)
     c.add_argument("--timeout", type=float)
@@ -682,13 +696,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="one JSON object per line")
     c.set_defaults(func=_queues)
 
-    c = command("queue", "pause, resume or limit a queue (every worker obeys at its next claim)")
-    c.add_argument("action", choices=["pause", "resume", "limit"])
+    c = command("queue", "pause, resume or limit a queue, or weigh a tenant (every worker obeys at its next claim)")
+    c.add_argument("action", choices=["pause", "resume", "limit", "weight"])
     c.add_argument("name", metavar="NAME")
+    c.add_argument("tenant", nargs="?", metavar="TENANT", help="weight: the tenant ('' for jobs without one)")
+    c.add_argument("weight", nargs="?", type=float, metavar="WEIGHT", help="weight: its weight (1: the default)")
     c.add_argument("--rate", help="claims per period across all workers: 10/s, 600/m, 5/10s (0: no limit)")
     c.add_argument("--max-active", type=int, help="active jobs of the queue at most (0: no limit)")
     c.add_argument("--group-rate", help="claims per period for each group_key (0: no limit)")
     c.add_argument("--group-max-active", type=int, help="active jobs of one group at most (default 1; 0: no limit)")
+    c.add_argument(
+        "--fair", action=argparse.BooleanOptionalAction, default=None,
+        help="share claims between the tenants with due jobs by weight (--no-fair: first come, first served)",
+    )  # fmt: skip
     c.set_defaults(func=_queue)
 
     c = command("dashboard", "serve the browser dashboard, its JSON API and /metrics (needs pgjobs[dashboard])")

@@ -113,7 +113,7 @@ class JobRequest:
 
 
 _COLUMNS = ("queue", "priority", "scheduled_at", "delay", "group_key", "key", "max_attempts",
-            "timeout", "heartbeat", "retry_delay", "retry_backoff", "ttl")  # fmt: skip
+            "timeout", "heartbeat", "retry_delay", "retry_backoff", "ttl", "tenant")  # fmt: skip
 
 
 def _options(o: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,6 +167,7 @@ def _options(o: Mapping[str, Any]) -> dict[str, Any]:
         "retry_backoff": backoff,
         "ttl": _int("ttl", ttl_),
         "meta": dict(m) if m is not None else None,
+        "tenant": o.get("tenant"),
     }
 
 
@@ -192,6 +193,7 @@ def job(
     ttl: int | dt.timedelta | None = None,
     meta: Mapping[str, Any] | None = None,
     depends_on: Sequence[int | Job | JobRequest] | None = None,
+    tenant: str | None = None,
     **task_kwargs: Any,
 ) -> JobRequest:
     """Describe a job to enqueue; see enqueue() for the parameters. Nothing is sent."""
@@ -207,14 +209,15 @@ def job(
         name, defaults = given_name, given_options
     if (queue is None and priority is None and scheduled is None and delay is None and group_key is None
             and key is None and retries is None and timeout is None and heartbeat is None and retry_delay is None
-            and retry_backoff is None and ttl is None and meta is None and depends_on is None):  # fmt: skip
+            and retry_backoff is None and ttl is None and meta is None and depends_on is None
+            and tenant is None):  # fmt: skip
         o = defaults
     else:
         explicit = {
             "queue": queue, "priority": priority, "scheduled": scheduled, "delay": delay,
             "group_key": group_key, "key": key, "retries": retries, "timeout": timeout,
             "heartbeat": heartbeat, "retry_delay": retry_delay, "retry_backoff": retry_backoff,
-            "ttl": ttl, "meta": meta, "depends_on": depends_on,
+            "ttl": ttl, "meta": meta, "depends_on": depends_on, "tenant": tenant,
         }  # fmt: skip
         o = {**(defaults or {}), **{k: v for k, v in explicit.items() if v is not None}}
 
@@ -308,6 +311,8 @@ def enqueue(task: str | TaskRef, /, *args: Any, conn: Connection | None = None, 
     - ``depends_on``: jobs (ids or Jobs) that must all complete before this one is claimed; it
       waits (status ``waiting``) until then, and is aborted if one of them fails or is aborted.
       In enqueue_many(), JobRequests of the same call may be named too.
+    - ``tenant``: whose work the job is (a customer, an account); a fair queue shares its claims
+      between the tenants that have due jobs, in proportion to their weights (see set_queue).
 
     :param conn: a connection of the caller's: the job joins its transaction.
     """

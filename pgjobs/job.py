@@ -154,6 +154,8 @@ class Job:
     completed_at: dt.datetime | None = None
     abort_reason: str | None = None
     depends_on: list[int] | None = None
+    #: Whose work this is: a fair queue shares its claims between tenants (see set_queue's fair).
+    tenant: str | None = None
     # Set by the worker running this job: its loop and how to touch the run.
     _runner: tuple[asyncio.AbstractEventLoop, Callable[..., Awaitable[bool]]] | None = field(
         default=None, repr=False, compare=False
@@ -180,13 +182,13 @@ class Job:
         """Build the Job of a run from a claimed row of ``pgjobs.complete_and_dequeue``."""
         # fmt: off
         (id_, _, task, args, attempts, max_attempts, queue, priority, group_key, key, meta, scheduled_at,
-         enqueued_at, started_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, progress, error) = row
+         enqueued_at, started_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, progress, error, tenant) = row
         return cls(
             task=task, args=args, id=id_, queue=queue, status=JobStatus.ACTIVE, priority=priority,
             group_key=group_key, key=key, attempts=attempts, max_attempts=max_attempts, scheduled_at=scheduled_at,
             timeout=timeout, heartbeat=heartbeat, retry_delay=retry_delay, retry_backoff=retry_backoff, ttl=ttl,
             progress=progress, meta={} if meta is None else meta, error=error, worker_id=worker_id,
-            enqueued_at=enqueued_at, started_at=started_at, touched_at=started_at,
+            enqueued_at=enqueued_at, started_at=started_at, touched_at=started_at, tenant=tenant,
         )
         # fmt: on
 

@@ -1,4 +1,4 @@
-"""Queue settings (pause, rate limits, active jobs at most) and what each queue holds."""
+"""Queue settings (pause, rate limits, active jobs at most, fair share) and what each queue holds."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from .errors import ArgumentError
 class Queue:
     """A row of the ``pgjobs.queues`` view: a queue's settings and its jobs of the moment.
 
-    Limits of 0 mean none; ``group_max_active`` 1 (the default) runs a group's jobs one at a time.
+    Limits of 0 mean none; ``group_max_active`` 1 (the default) runs a group's jobs one at a time;
+    ``fair``: claims are shared between the tenants with due jobs by weight (see set_tenant).
     """
 
     queue: str
@@ -31,6 +32,7 @@ class Queue:
     active: int = 0
     oldest_queued_seconds: float | None = None
     updated_at: dt.datetime | None = None
+    fair: bool = False
 
     @classmethod
     def from_row(cls, row: _database.Row) -> Queue:
@@ -42,7 +44,7 @@ def _seconds(value: float | dt.timedelta | None) -> float | None:
 
 
 _SETTINGS = ("paused", "rate_limit", "rate_period", "max_active", "group_rate_limit", "group_rate_period",
-             "group_max_active")  # fmt: skip
+             "group_max_active", "fair")  # fmt: skip
 
 
 def _set_queue_call(queue: str, settings: dict[str, Any]) -> Call[Queue]:
@@ -69,6 +71,7 @@ def set_queue(
     group_rate_limit: int | None = None,
     group_rate_period: float | dt.timedelta | None = None,
     group_max_active: int | None = None,
+    fair: bool | None = None,
     conn: Connection | None = None,
 ) -> Queue:
     """Change a queue's settings (None leaves one as it is) and return the queue as it stands.
@@ -81,12 +84,14 @@ def set_queue(
     :param max_active: at most this many active jobs of the queue across all workers; 0 lifts it.
     :param group_rate_limit: the same as rate_limit, for each ``group_key`` of the queue.
     :param group_max_active: active jobs of one group at most (default 1; 0: no limit).
+    :param fair: share the queue's claims between the tenants (the jobs' ``tenant``) that have due
+        jobs, in proportion to their weights (set_tenant; 1 by default); a tenant alone gets them all.
     :param conn: a connection of the caller's: the change joins its transaction.
     """
     settings = {
         "paused": paused, "rate_limit": rate_limit, "rate_period": rate_period, "max_active": max_active,
         "group_rate_limit": group_rate_limit, "group_rate_period": group_rate_period,
-        "group_max_active": group_max_active,
+        "group_max_active": group_max_active, "fair": fair,
     }  # fmt: skip
     return run(_set_queue_call(queue, settings), conn)
 
@@ -104,3 +109,49 @@ def queues(*, conn: Connection | None = None) -> list[Queue]:
 async def queues_async(*, conn: AsyncConnection | None = None) -> list[Queue]:
     """The async twin of queues()."""
     return await run_async(_queues_call(), conn)
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A tenant of a fair queue: its weight, and its pass (the virtual time its next job starts at)."""
+
+    queue: str
+    tenant: str
+    weight: float = 1.0
+    pass_: float = 0.0
+
+    @classmethod
+    def from_row(cls, row: _database.Row) -> Tenant:
+        return cls(queue=row["queue"], tenant=row["tenant"], weight=row["weight"], pass_=row["pass"])
+
+
+def _set_tenant_call(queue: str, tenant: str, weight: float | None) -> Call[Tenant]:
+    params = {"queue": queue, "tenant": tenant, "weight": weight}
+    return Call(_sql.query("queue_tenant_set"), params, lambda rows: Tenant.from_row(rows[0]))
+
+
+def set_tenant(queue: str, tenant: str, weight: float | None, *, conn: Connection | None = None) -> Tenant:
+    """Give a tenant a weight on a fair queue (None: back to 1, the default).
+
+    With due jobs, the tenants of a fair queue share its claims in proportion to their weights: a
+    tenant of weight 2 gets twice the jobs of one of weight 1 while both have jobs waiting. Takes
+    effect at the next claim.
+
+    :param tenant: the name jobs give as ``tenant``; ``""`` is the unnamed tenant (jobs without one).
+    :param weight: from 0.001 to 1000000.
+    """
+    return run(_set_tenant_call(queue, tenant, weight), conn)
+
+
+async def set_tenant_async(
+    queue: str, tenant: str, weight: float | None, *, conn: AsyncConnection | None = None
+) -> Tenant:
+    """The async twin of set_tenant()."""
+    return await run_async(_set_tenant_call(queue, tenant, weight), conn)
+
+
+def tenants(queue: str, *, conn: Connection | None = None) -> list[Tenant]:
+    """The tenants of a queue that have a weight or a pass, by name."""
+    return run(
+        Call(_sql.query("queue_tenant_list"), {"queue": queue}, lambda rows: [Tenant.from_row(r) for r in rows]), conn
+    )

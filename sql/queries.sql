@@ -6,7 +6,8 @@
 -- columns in the order of pgjobs.Job's fields.
 SELECT j.task, j.args, j.id, j.queue, j.status, j.priority, j.group_key, j.key, j.attempts, j.max_attempts,
        j.scheduled_at, j.timeout, j.heartbeat, j.retry_delay, j.retry_backoff, j.ttl, j.progress, j.meta, j.result,
-       j.error, j.worker_id, j.enqueued_at, j.started_at, j.touched_at, j.completed_at, j.abort_reason, j.depends_on
+       j.error, j.worker_id, j.enqueued_at, j.started_at, j.touched_at, j.completed_at, j.abort_reason, j.depends_on,
+       j.tenant
 FROM pgjobs.enqueue_job(
     task => %(task)s::text,
     args => %(args)s::jsonb,
@@ -22,7 +23,8 @@ FROM pgjobs.enqueue_job(
     retry_backoff => %(retry_backoff)s::double precision,
     ttl => %(ttl)s::integer,
     meta => %(meta)s::jsonb,
-    depends_on => %(depends_on)s::bigint[]
+    depends_on => %(depends_on)s::bigint[],
+    tenant => %(tenant)s::text
 ) AS j;
 
 -- name: job_enqueue_many
@@ -46,7 +48,8 @@ SELECT item, id FROM pgjobs.enqueue_many(
     retry_delay => %(retry_delay)s::double precision[],
     retry_backoff => %(retry_backoff)s::double precision[],
     ttl => %(ttl)s::integer[],
-    meta => ARRAY(SELECT jsonb_array_elements(%(meta)s::jsonb))
+    meta => ARRAY(SELECT jsonb_array_elements(%(meta)s::jsonb)),
+    tenant => %(tenant)s::text[]
 ) ORDER BY item;
 
 -- name: job_has
@@ -274,8 +277,17 @@ SELECT * FROM pgjobs.set_queue(
     max_active => %(max_active)s::integer,
     group_rate_limit => %(group_rate_limit)s::integer,
     group_rate_period => %(group_rate_period)s::double precision,
-    group_max_active => %(group_max_active)s::integer
+    group_max_active => %(group_max_active)s::integer,
+    fair => %(fair)s::boolean
 );
+
+-- name: queue_tenant_set
+-- A tenant's weight on a fair queue (NULL: back to 1); returns its row of pgjobs.queue_tenants.
+SELECT * FROM pgjobs.set_tenant(%(queue)s::text, %(tenant)s::text, %(weight)s::double precision);
+
+-- name: queue_tenant_list
+-- The tenants of a queue that have a weight or a pass, by name.
+SELECT * FROM pgjobs.queue_tenants WHERE queue = %(queue)s ORDER BY tenant;
 
 -- name: queue_list
 -- Every queue with unfinished jobs or settings.

@@ -36,7 +36,8 @@ CREATE OR REPLACE FUNCTION pgjobs._job_problem(
     ttl integer,
     meta jsonb,
     cap bigint,
-    args_text text
+    args_text text,
+    tenant text
 ) RETURNS text[]
 LANGUAGE sql STABLE AS $$
     -- coalesce stops at the first problem: task and queue, then the payload, then the rest.
@@ -54,6 +55,8 @@ LANGUAGE sql STABLE AS $$
         WHEN group_key = '' THEN ARRAY['group_key', 'must be NULL or non-empty']
         WHEN octet_length(key) > 1000 THEN ARRAY['key', 'must be at most 1000 bytes']  -- both are indexed
         WHEN octet_length(group_key) > 1000 THEN ARRAY['group_key', 'must be at most 1000 bytes']
+        WHEN tenant = '' THEN ARRAY['tenant', 'must be NULL or non-empty']
+        WHEN octet_length(tenant) > 1000 THEN ARRAY['tenant', 'must be at most 1000 bytes']
         WHEN coalesce(max_attempts, 3) NOT BETWEEN 1 AND 1000 THEN ARRAY['max_attempts',
             format('must be between 1 and 1000, got %s', max_attempts)]
         WHEN NOT (coalesce(timeout, 0) >= 0 AND coalesce(timeout, 0) < 'Infinity') THEN ARRAY['timeout',
@@ -86,7 +89,8 @@ CREATE OR REPLACE FUNCTION pgjobs._job_row(
     retry_delay double precision,
     retry_backoff double precision,
     ttl integer,
-    meta jsonb
+    meta jsonb,
+    tenant text
 ) RETURNS pgjobs.jobs
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -96,7 +100,7 @@ DECLARE
                        THEN pgjobs.max_payload() END;
     args_text text := args::text;
     problem text[] := pgjobs._job_problem(task, args, queue, priority, coalesce(scheduled_at, now()), group_key,
-        key, max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, cap, args_text);
+        key, max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, cap, args_text, tenant);
     r pgjobs.jobs;
 BEGIN
     IF problem IS NOT NULL THEN
@@ -109,6 +113,7 @@ BEGIN
     r.priority := coalesce(priority, 0);
     r.scheduled_at := coalesce(scheduled_at, now());
     r.group_key := group_key;
+    r.tenant := tenant;
     r.key := key;
     r.max_attempts := coalesce(max_attempts, 3);
     r.timeout := coalesce(timeout, 0);
@@ -169,12 +174,12 @@ BEGIN
         -- Straight into the hot partition: routing through pgjobs.jobs costs a third of the call.
         INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, status, priority, group_key, key, max_attempts,
                                            scheduled_at, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta,
-                                           depends_on, completed_at, error)
+                                           depends_on, completed_at, error, tenant)
         -- PostgreSQL 17 and later give the partition the identity of pgjobs.jobs: the id is its sequence's all the same.
         OVERRIDING SYSTEM VALUE
         VALUES (nextval('pgjobs.jobs_id_seq'::regclass), r.queue, r.task, r.args, r.status, r.priority, r.group_key,
                 r.key, r.max_attempts, r.scheduled_at, r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl,
-                r.meta, r.depends_on, r.completed_at, r.error)
+                r.meta, r.depends_on, r.completed_at, r.error, r.tenant)
         -- The one unique index a new job can meet. Named, so that no other is probed a row (a tenth
         -- of a batch's server time went to probing the primary key).
         ON CONFLICT (enqueued_by, key) WHERE status IN ('waiting', 'queued', 'active', 'aborting') AND key IS NOT NULL
@@ -217,12 +222,14 @@ CREATE OR REPLACE FUNCTION pgjobs.enqueue_job(
     retry_backoff double precision DEFAULT 3600,
     ttl integer DEFAULT 86400,
     meta jsonb DEFAULT '{}',
-    depends_on bigint[] DEFAULT NULL
+    depends_on bigint[] DEFAULT NULL,
+    tenant text DEFAULT NULL
 ) RETURNS pgjobs.jobs
 LANGUAGE plpgsql AS $$
 BEGIN
     RETURN pgjobs._enqueue('', pgjobs._job_row('', task, args, queue, priority, scheduled_at, group_key, key,
-                               max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta), depends_on);
+                               max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, tenant),
+                           depends_on);
 END;
 $$;
 
@@ -242,11 +249,12 @@ CREATE OR REPLACE FUNCTION pgjobs.enqueue(
     retry_backoff double precision DEFAULT 3600,
     ttl integer DEFAULT 86400,
     meta jsonb DEFAULT '{}',
-    depends_on bigint[] DEFAULT NULL
+    depends_on bigint[] DEFAULT NULL,
+    tenant text DEFAULT NULL
 ) RETURNS bigint
 LANGUAGE sql AS $$
     SELECT (pgjobs.enqueue_job(task, args, queue, priority, scheduled_at, group_key, key, max_attempts,
-                               timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, depends_on)).id
+                               timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, depends_on, tenant)).id
 $$;
 
 -- enqueue_many's jobs as rows to insert into jobs_live, defaults applied and each checked as it
@@ -273,20 +281,21 @@ CREATE OR REPLACE FUNCTION pgjobs._many_rows(
     meta jsonb[],
     args_text text[],
     uniform boolean,
-    cap bigint
+    cap bigint,
+    tenant text[]
 ) RETURNS TABLE (id bigint, queue text, task text, args jsonb, priority integer, group_key text, key text,
                  max_attempts integer, scheduled_at timestamptz, timeout double precision,
                  heartbeat double precision, retry_delay double precision, retry_backoff double precision,
-                 ttl integer, meta jsonb)
+                 ttl integer, meta jsonb, tenant text)
 -- STABLE and one SELECT: inlined into the caller's INSERT, read as it inserts.
 LANGUAGE sql STABLE AS $$
     SELECT r.id, r.queue, r.task, r.args, r.priority, r.group_key, r.key, r.max_attempts, r.scheduled_at,
-           r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl, r.meta
+           r.timeout, r.heartbeat, r.retry_delay, r.retry_backoff, r.ttl, r.meta, r.tenant
     FROM (
         SELECT q.*, CASE WHEN uniform AND q.i > 0 THEN pgjobs._payload_problem(q.args, q.meta, cap, q.args_text)
                     ELSE pgjobs._job_problem(q.task, q.args, q.queue, q.priority, q.scheduled_at, q.group_key,
                         q.key, q.max_attempts, q.timeout, q.heartbeat, q.retry_delay, q.retry_backoff, q.ttl,
-                        q.meta, cap, q.args_text)
+                        q.meta, cap, q.args_text, q.tenant)
                     END AS fault
         FROM (
             SELECT u.n - 1 AS i, u.id, u.task, coalesce(u.args, '{}') AS args, coalesce(u.queue, 'default') AS queue,
@@ -296,11 +305,11 @@ LANGUAGE sql STABLE AS $$
                    coalesce(u.timeout, 0) AS timeout, coalesce(u.heartbeat, 0) AS heartbeat,
                    coalesce(u.retry_delay, 1) AS retry_delay, coalesce(u.retry_backoff, 3600) AS retry_backoff,
                    coalesce(u.ttl, 86400) AS ttl, coalesce(u.meta, '{}') AS meta,
-                   coalesce(u.args_text, '{}') AS args_text
+                   coalesce(u.args_text, '{}') AS args_text, u.tenant
             FROM unnest(ids, task, args, queue, priority, scheduled_at, delay, group_key, key, max_attempts,
-                        timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, args_text) WITH ORDINALITY
+                        timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, args_text, tenant) WITH ORDINALITY
                  AS u(id, task, args, queue, priority, scheduled_at, delay, group_key, key, max_attempts, timeout,
-                      heartbeat, retry_delay, retry_backoff, ttl, meta, args_text, n)
+                      heartbeat, retry_delay, retry_backoff, ttl, meta, args_text, tenant, n)
         ) q
     ) r
     WHERE r.fault IS NULL OR pgjobs._refused(format('jobs[%s].', r.i) || r.fault[1], r.fault[2])
@@ -325,7 +334,8 @@ CREATE OR REPLACE FUNCTION pgjobs.enqueue_many(
     retry_delay double precision[] DEFAULT NULL,
     retry_backoff double precision[] DEFAULT NULL,
     ttl integer[] DEFAULT NULL,
-    meta jsonb[] DEFAULT NULL
+    meta jsonb[] DEFAULT NULL,
+    tenant text[] DEFAULT NULL
 ) RETURNS TABLE (item integer, id bigint)
 -- No JIT: the key lookup's estimate for a thousand jobs crosses jit_above_cost, and compiling
 -- took a third to a half of the call for a plan that runs in a few milliseconds.
@@ -336,14 +346,16 @@ DECLARE
     n integer := greatest(cardinality(task), cardinality(args), cardinality(queue), cardinality(priority),
                           cardinality(scheduled_at), cardinality(delay), cardinality(group_key), cardinality(key),
                           cardinality(max_attempts), cardinality(timeout), cardinality(heartbeat),
-                          cardinality(retry_delay), cardinality(retry_backoff), cardinality(ttl), cardinality(meta));
+                          cardinality(retry_delay), cardinality(retry_backoff), cardinality(ttl), cardinality(meta),
+                          cardinality(tenant));
     lengths integer[] := ARRAY[cardinality(task), cardinality(args), cardinality(queue), cardinality(priority),
                                cardinality(scheduled_at), cardinality(delay), cardinality(group_key),
                                cardinality(key), cardinality(max_attempts), cardinality(timeout),
                                cardinality(heartbeat), cardinality(retry_delay), cardinality(retry_backoff),
-                               cardinality(ttl), cardinality(meta)];
+                               cardinality(ttl), cardinality(meta), cardinality(tenant)];
     names text[] := ARRAY['task', 'args', 'queue', 'priority', 'scheduled_at', 'delay', 'group_key', 'key',
-                          'max_attempts', 'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta'];
+                          'max_attempts', 'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta',
+                          'tenant'];
     ids bigint[];
     queues text[];
     keyed boolean;
@@ -390,6 +402,7 @@ BEGIN
                               ELSE retry_backoff END;
         ttl := CASE WHEN cardinality(ttl) = 1 THEN array_fill(ttl[1], ARRAY[n]) ELSE ttl END;
         meta := CASE WHEN cardinality(meta) = 1 THEN array_fill(meta[1], ARRAY[n]) ELSE meta END;
+        tenant := CASE WHEN cardinality(tenant) = 1 THEN array_fill(tenant[1], ARRAY[n]) ELSE tenant END;
     END IF;
     -- Ids first, in array order: job i gets ids[i] whatever order the insert takes.
     ids := ARRAY(SELECT nextval('pgjobs.jobs_id_seq'::regclass) FROM generate_series(1, n));
@@ -397,11 +410,11 @@ BEGIN
     -- and its extra WAL record a job cost a twentieth of the call).
     IF keyed THEN
         INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, priority, group_key, key, max_attempts, scheduled_at,
-                                           timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
+                                           timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, tenant)
         OVERRIDING SYSTEM VALUE  -- see _enqueue
         SELECT * FROM pgjobs._many_rows(ids, task, args, queue, priority, scheduled_at, delay, group_key, key,
                                         max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta,
-                                        args_text, uniform, cap)
+                                        args_text, uniform, cap, tenant)
         -- The one unique index a new job can meet. Named, so that no other is probed a row (a tenth
         -- of a batch's server time went to probing the primary key).
         ON CONFLICT (enqueued_by, key) WHERE status IN ('waiting', 'queued', 'active', 'aborting') AND key IS NOT NULL
@@ -411,11 +424,11 @@ BEGIN
                      FROM unnest(ids) WITH ORDINALITY AS u(id, n) ORDER BY u.n);
     ELSE
         INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, priority, group_key, key, max_attempts, scheduled_at,
-                                           timeout, heartbeat, retry_delay, retry_backoff, ttl, meta)
+                                           timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, tenant)
         OVERRIDING SYSTEM VALUE
         SELECT * FROM pgjobs._many_rows(ids, task, args, queue, priority, scheduled_at, delay, group_key, key,
                                         max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta,
-                                        args_text, uniform, cap);
+                                        args_text, uniform, cap, tenant);
     END IF;
     PERFORM pgjobs._notify(pgjobs._channel(q), '') FROM unnest(queues) AS q;
     PERFORM pgjobs._announce_events(array_remove(ids, NULL), 'queued');
@@ -437,7 +450,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     known text[] := ARRAY['task', 'args', 'queue', 'priority', 'scheduled_at', 'group_key', 'key', 'max_attempts',
                           'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta', 'delay',
-                          'depends_on', 'depends_on_items'];
+                          'depends_on', 'depends_on_items', 'tenant'];
     wrong text[];
     a record;
 BEGIN
@@ -469,19 +482,19 @@ BEGIN
            array_agg(d.max_attempts ORDER BY e.n) AS max_attempts, array_agg(d.timeout ORDER BY e.n) AS timeout,
            array_agg(d.heartbeat ORDER BY e.n) AS heartbeat, array_agg(d.retry_delay ORDER BY e.n) AS retry_delay,
            array_agg(d.retry_backoff ORDER BY e.n) AS retry_backoff, array_agg(d.ttl ORDER BY e.n) AS ttl,
-           array_agg(d.meta ORDER BY e.n) AS meta
+           array_agg(d.meta ORDER BY e.n) AS meta, array_agg(d.tenant ORDER BY e.n) AS tenant
     INTO a
     FROM jsonb_array_elements(jobs) WITH ORDINALITY AS e(doc, n),
          jsonb_to_record(e.doc) AS d(
              task text, args jsonb, queue text, priority integer, scheduled_at timestamptz, group_key text,
              key text, max_attempts integer, timeout double precision, heartbeat double precision,
              retry_delay double precision, retry_backoff double precision, ttl integer, meta jsonb,
-             delay double precision);
+             delay double precision, tenant text);
     RETURN QUERY SELECT m.item, m.id FROM pgjobs.enqueue_many(
         task => a.task, args => a.args, queue => a.queue, priority => a.priority, scheduled_at => a.scheduled_at,
         delay => a.delay, group_key => a.group_key, key => a.key, max_attempts => a.max_attempts,
         timeout => a.timeout, heartbeat => a.heartbeat, retry_delay => a.retry_delay,
-        retry_backoff => a.retry_backoff, ttl => a.ttl, meta => a.meta) AS m;
+        retry_backoff => a.retry_backoff, ttl => a.ttl, meta => a.meta, tenant => a.tenant) AS m;
 END;
 $$;
 
@@ -513,7 +526,7 @@ BEGIN
                      task text, args jsonb, queue text, priority integer, scheduled_at timestamptz, group_key text,
                      key text, max_attempts integer, timeout double precision, heartbeat double precision,
                      retry_delay double precision, retry_backoff double precision, ttl integer, meta jsonb,
-                     delay double precision) LOOP
+                     delay double precision, tenant text) LOOP
             IF jsonb_typeof(coalesce(e.doc->'depends_on', '[]')) <> 'array'
                OR EXISTS (SELECT FROM jsonb_array_elements(coalesce(e.doc->'depends_on', '[]')) AS p(v)
                           WHERE p.v::text !~ '^\d{1,18}$') THEN
@@ -531,7 +544,7 @@ BEGIN
             j := pgjobs._enqueue(label, pgjobs._job_row(label, d.task, d.args, d.queue, d.priority,
                                      coalesce(d.scheduled_at, now() + make_interval(secs => coalesce(d.delay, 0))),
                                      d.group_key, d.key, d.max_attempts, d.timeout, d.heartbeat, d.retry_delay,
-                                     d.retry_backoff, d.ttl, d.meta), parents);
+                                     d.retry_backoff, d.ttl, d.meta, d.tenant), parents);
             made := made || j.id;
             item := e.i;
             id := j.id;

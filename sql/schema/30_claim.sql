@@ -1,5 +1,122 @@
 -- Claim: dequeue.
 
+-- Whether a candidate of a group may be claimed: its group (a client's: enqueued_by) has fewer
+-- active runs than gcap and fewer claims than grate in the last gperiod seconds (0: no limit;
+-- gcap NULL: 1). A candidate of a limited group also takes the group's transaction-scoped
+-- advisory lock, salted so that no login without the salt can compute it and squat the group:
+-- concurrent claimers of one group serialise on it, and dequeue claims the candidate in its next
+-- statement, whose snapshot sees what the lock's holder before it claimed.
+CREATE OR REPLACE FUNCTION pgjobs._group_has_room(
+    enqueued_by text, group_key text, queue text, gcap integer, grate integer, gperiod double precision, salt text
+) RETURNS boolean
+LANGUAGE sql AS $$
+    SELECT (coalesce(gcap, 1) = 0
+            -- OFFSET 0: probe the group index per candidate; never hash every running job.
+            OR (SELECT count(*) FROM (SELECT FROM pgjobs.jobs a
+                                      WHERE a.enqueued_by = _group_has_room.enqueued_by
+                                        AND a.group_key = _group_has_room.group_key
+                                        AND a.status IN ('active', 'aborting')
+                                        AND a.expires_at IS NULL LIMIT coalesce(gcap, 1)) a) < coalesce(gcap, 1))
+       AND (coalesce(grate, 0) = 0
+            OR (SELECT count(*) FROM pgjobs.queue_claims w
+                WHERE w.queue = _group_has_room.queue AND w.group_key = _group_has_room.group_key
+                  AND w.enqueued_by = _group_has_room.enqueued_by
+                  AND w.claimed_at > now() - make_interval(secs => gperiod)) < grate)
+       AND (coalesce(gcap, 1) = 0 AND coalesce(grate, 0) = 0
+            OR pg_try_advisory_xact_lock(1885957986, hashtext(salt || enqueued_by || '/' || group_key)))
+$$;
+
+-- A fair queue's shares for one claim of up to wanted jobs (start-time fair queuing, as stride
+-- scheduling): each tenant with due jobs has a pass, the virtual time its next job starts at,
+-- never behind the queue's clock (an idle tenant earns no credit); its k-th next job starts at
+-- pass + k / weight. The wanted jobs of smallest start tags are claimed: a tenant gets them in
+-- proportion to its weight among the tenants that have due jobs, and a tenant alone gets all.
+-- Only the wanted tenants of smallest pass can hold one of those tags. One row per tenant with a
+-- share: its quota, start and weight; the unnamed tenant (jobs without one) is ''. passed: tenants
+-- to leave out (their jobs could not be claimed this time).
+-- PL/pgSQL, not SQL: its plan is made once a session, where a SQL function's would be made again
+-- at every claim (it cost more than the rest of the claim).
+CREATE OR REPLACE FUNCTION pgjobs._fair_shares(fair_queue text, wanted integer, passed text[] DEFAULT '{}')
+RETURNS TABLE (queue text, tenant text, quota integer, start double precision, weight double precision)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH RECURSIVE named AS (
+        -- The tenants with queued jobs, one probe of the tenant index each (a skip scan).
+        (SELECT j.tenant FROM pgjobs.jobs_live j
+         WHERE j.queue = _fair_shares.fair_queue AND j.status = 'queued' AND j.tenant IS NOT NULL
+         ORDER BY j.tenant LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.tenant FROM pgjobs.jobs_live j
+                WHERE j.queue = _fair_shares.fair_queue AND j.status = 'queued' AND j.tenant > n.tenant
+                ORDER BY j.tenant LIMIT 1)
+        FROM named n WHERE n.tenant IS NOT NULL
+    ), due AS (
+        SELECT n.tenant, c.n
+        FROM named n
+        CROSS JOIN LATERAL (SELECT count(*)::integer AS n
+                            FROM (SELECT FROM pgjobs.jobs_live j
+                                  WHERE j.queue = _fair_shares.fair_queue AND j.tenant = n.tenant
+                                    AND j.status = 'queued' AND j.scheduled_at <= now()
+                                  LIMIT wanted) d) c
+        WHERE n.tenant IS NOT NULL
+        UNION ALL
+        -- Jobs without a tenant (the unnamed tenant, ''): among the first 100 due jobs of the
+        -- queue in claim order, so that a claim never reads the whole backlog for them.
+        SELECT '', least((SELECT count(*) FROM (SELECT j.tenant FROM pgjobs.jobs_live j
+                                                WHERE j.queue = _fair_shares.fair_queue AND j.status = 'queued'
+                                                  AND j.scheduled_at <= now()
+                                                ORDER BY j.priority, j.scheduled_at, j.id
+                                                LIMIT 100) d
+                          WHERE d.tenant IS NULL), wanted)::integer
+    ), t AS (
+        SELECT d.tenant, d.n, greatest(coalesce(w.pass, 0), s.fair_clock) AS start, coalesce(w.weight, 1) AS weight
+        FROM due d
+        JOIN pgjobs.queue_settings s ON s.queue = _fair_shares.fair_queue AND d.tenant <> ALL (passed)
+        LEFT JOIN pgjobs.queue_tenants w ON w.queue = _fair_shares.fair_queue AND w.tenant = d.tenant
+        WHERE d.n > 0
+        ORDER BY 3, 1
+        LIMIT wanted
+    ), tags AS (
+        SELECT t.tenant, t.start, t.weight
+        FROM t CROSS JOIN LATERAL generate_series(0, t.n - 1) AS k
+        ORDER BY t.start + k / t.weight, t.tenant
+        LIMIT wanted
+    )
+    SELECT _fair_shares.fair_queue, tags.tenant, count(*)::integer, min(tags.start), min(tags.weight)
+    FROM tags GROUP BY tags.tenant;
+END;
+$$;
+
+-- After a claim on fair queues: each tenant's pass moves on by 1 / weight a job claimed, and each
+-- queue's clock to the start tag of the last job claimed. rows: the jobs claimed; lane_*: the
+-- shares they were claimed under (_fair_shares).
+CREATE OR REPLACE FUNCTION pgjobs._fair_charge(
+    rows pgjobs.jobs[], lane_queues text[], lane_tenants text[], lane_starts double precision[],
+    lane_weights double precision[]
+) RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    WITH n AS (
+        SELECT l.queue, l.tenant, l.start, l.weight, count(*) AS claimed
+        FROM unnest(rows) r
+        JOIN unnest(lane_queues, lane_tenants, lane_starts, lane_weights) AS l(queue, tenant, start, weight)
+            ON l.queue = r.queue AND l.tenant = coalesce(r.tenant, '')
+        GROUP BY l.queue, l.tenant, l.start, l.weight
+    ), passes AS (
+        INSERT INTO pgjobs.queue_tenants AS w (queue, tenant, pass)
+        SELECT n.queue, n.tenant, n.start + n.claimed / n.weight FROM n
+        ON CONFLICT (queue, tenant) DO UPDATE SET pass = EXCLUDED.pass
+    )
+    UPDATE pgjobs.queue_settings s
+    SET fair_clock = greatest(s.fair_clock, c.last)
+    FROM (SELECT n.queue, max(n.start + (n.claimed - 1) / n.weight) AS last FROM n GROUP BY n.queue) c
+    WHERE s.queue = c.queue;
+END;
+$$;
+
 -- Claim due jobs (jobs without a group claimed by the statement that locks them), within the
 -- settings of their queues (pgjobs.queue_settings: pause, rate limits, active jobs at most).
 CREATE OR REPLACE FUNCTION pgjobs.dequeue(worker_id text, queues text[], max_jobs integer DEFAULT 1)
@@ -44,6 +161,23 @@ DECLARE
     claim_slots integer[];
     rounds integer := 0;
     claimed integer;
+    -- Fair queues (see _fair_shares): their names, and per queue of the call whether it is one.
+    fair_queues text[] := '{}';
+    fairs boolean[] := '{}';
+    -- Lanes of this round: per tenant of a fair queue with due jobs, how many of its jobs to claim,
+    -- the virtual time its first one starts at, and its weight. The unnamed tenant's share goes
+    -- through the queue's own scan (plain_caps).
+    lane_queues text[];
+    lane_tenants text[];
+    lane_quotas integer[];
+    lane_starts double precision[];
+    lane_weights double precision[];
+    plain_caps integer[];
+    -- Tenants whose lane came up short in a round (their jobs locked, or their groups full): the
+    -- next rounds give their share to the others.
+    short_queues text[] := '{}';
+    short_tenants text[] := '{}';
+    shorted integer := 0;
 BEGIN
     IF worker_id IS NULL OR worker_id = '' THEN
         PERFORM pgjobs._refuse('worker_id', 'must be a non-empty text');
@@ -64,7 +198,7 @@ BEGIN
         limited := true;
         FOR s IN
             SELECT u.name, u.n, q.paused, q.rate_limit, q.rate_period, q.max_active, q.group_rate_limit,
-                   q.group_rate_period, q.group_max_active
+                   q.group_rate_period, q.group_max_active, coalesce(q.fair, false) AS fair
             FROM unnest(dequeue.queues) WITH ORDINALITY AS u(name, n)
             LEFT JOIN pgjobs.queue_settings q ON q.queue = u.name
             ORDER BY u.name  -- queue locks taken in one order by every claimer
@@ -72,8 +206,9 @@ BEGIN
             cap := NULL;
             IF s.paused THEN
                 cap := 0;
-            ELSIF s.max_active > 0 OR s.rate_limit > 0 THEN
-                -- Claimers of a limited queue take turns: each counts what those before it committed.
+            ELSIF s.max_active > 0 OR s.rate_limit > 0 OR s.fair THEN
+                -- Claimers of a limited or fair queue take turns: each counts what those before it
+                -- committed, and a fair queue's tenants' passes are read and moved on by one at a time.
                 -- On its settings row, which only pgjobs' own functions may lock (an advisory lock,
                 -- any login could take and hold).
                 PERFORM FROM pgjobs.queue_settings q WHERE q.queue = s.name FOR NO KEY UPDATE;
@@ -100,6 +235,10 @@ BEGIN
                 group_counted := group_counted || s.name;
             END IF;
             caps[s.n] := cap;
+            fairs[s.n] := s.fair AND NOT s.paused;
+            IF s.fair AND NOT s.paused THEN
+                fair_queues := fair_queues || s.name;
+            END IF;
             group_caps[s.n] := coalesce(s.group_max_active, 1);
             group_rates[s.n] := coalesce(s.group_rate_limit, 0);
             group_periods[s.n] := coalesce(s.group_rate_period, 0);
@@ -108,13 +247,30 @@ BEGIN
     salt := coalesce((SELECT k.salt FROM pgjobs.lock_keys k LIMIT 1), '');
     WHILE wanted > 0 AND rounds < 4 LOOP
         rounds := rounds + 1;
+        plain_caps := caps;
+        IF cardinality(fair_queues) > 0 THEN
+            -- Share what each fair queue may give this round between its tenants (_fair_shares).
+            SELECT array_agg(f.queue), array_agg(f.tenant), array_agg(f.quota), array_agg(f.start), array_agg(f.weight)
+            INTO lane_queues, lane_tenants, lane_quotas, lane_starts, lane_weights
+            FROM unnest(dequeue.queues, caps) AS u(name, cap)
+            CROSS JOIN LATERAL pgjobs._fair_shares(u.name, least(wanted, coalesce(u.cap, wanted)),
+                                                   ARRAY(SELECT s.tenant FROM unnest(short_queues, short_tenants)
+                                                             AS s(queue, tenant) WHERE s.queue = u.name)) AS f
+            WHERE u.name = ANY (fair_queues);
+            plain_caps := ARRAY(SELECT CASE WHEN u.name = ANY (fair_queues)
+                                            THEN coalesce((SELECT l.quota FROM unnest(lane_queues, lane_tenants, lane_quotas)
+                                                               AS l(queue, tenant, quota)
+                                                           WHERE l.queue = u.name AND l.tenant = ''), 0)
+                                            ELSE u.cap END
+                                FROM unnest(dequeue.queues, caps) WITH ORDINALITY AS u(name, cap, n) ORDER BY u.n);
+        END IF;
         -- 1. Lock candidates and claim those whose group has no limit at once. A candidate of a
         --    limited group also takes the group's transaction-scoped advisory lock (salted), so that
         --    concurrent claimers of one group serialise on it, and is claimed by the next statement.
         WITH c AS (
             -- One ordered index scan per queue (queue = ANY(...) would sort the whole backlog).
-            SELECT l.* FROM unnest(dequeue.queues, caps, group_caps, group_rates, group_periods)
-                AS q(name, cap, gcap, grate, gperiod)
+            SELECT l.* FROM unnest(dequeue.queues, plain_caps, group_caps, group_rates, group_periods, fairs)
+                AS q(name, cap, gcap, grate, gperiod, fair)
             CROSS JOIN LATERAL (
                 SELECT j.id, j.queue, j.priority, j.scheduled_at, j.enqueued_by,
                        CASE WHEN coalesce(q.gcap, 1) > 0 OR coalesce(q.grate, 0) > 0 THEN j.group_key END AS group_key
@@ -122,26 +278,33 @@ BEGIN
                 WHERE j.status = 'queued' AND j.expires_at IS NULL
                   AND j.queue = q.name
                   AND j.scheduled_at <= now()
-                  AND (j.group_key IS NULL OR (
-                       -- OFFSET 0: probe the group index per candidate; never hash every running job.
-                       (coalesce(q.gcap, 1) = 0
-                        OR (SELECT count(*) FROM (SELECT FROM pgjobs.jobs a
-                                                  WHERE a.enqueued_by = j.enqueued_by AND a.group_key = j.group_key
-                                                    AND a.status IN ('active', 'aborting')
-                                                    AND a.expires_at IS NULL LIMIT coalesce(q.gcap, 1)) a)
-                           < coalesce(q.gcap, 1))
-                       AND (coalesce(q.grate, 0) = 0
-                            OR (SELECT count(*) FROM pgjobs.queue_claims w
-                                WHERE w.queue = q.name AND w.group_key = j.group_key AND w.enqueued_by = j.enqueued_by
-                                  AND w.claimed_at > now() - make_interval(secs => q.gperiod)) < q.grate)
-                       AND (coalesce(q.gcap, 1) = 0 AND coalesce(q.grate, 0) = 0
-                            OR pg_try_advisory_xact_lock(1885957986,
-                                                         hashtext(salt || j.enqueued_by || '/' || j.group_key)))))
+                  AND (q.fair IS NOT TRUE OR j.tenant IS NULL)  -- a fair queue's named tenants: below
+                  AND (j.group_key IS NULL
+                       OR pgjobs._group_has_room(j.enqueued_by, j.group_key, q.name, q.gcap, q.grate, q.gperiod, salt))
                 ORDER BY j.priority, j.scheduled_at, j.id
                 LIMIT least(wanted, q.cap)
                 FOR UPDATE OF j SKIP LOCKED
             ) l
-            ORDER BY l.priority, l.scheduled_at, l.id
+            UNION ALL
+            -- The named tenants of fair queues, each its share, through the index by tenant.
+            SELECT l.* FROM unnest(lane_queues, lane_tenants, lane_quotas) AS f(name, tenant, quota)
+            JOIN unnest(dequeue.queues, group_caps, group_rates, group_periods) AS q(name, gcap, grate, gperiod)
+                ON q.name = f.name
+            CROSS JOIN LATERAL (
+                SELECT j.id, j.queue, j.priority, j.scheduled_at, j.enqueued_by,
+                       CASE WHEN coalesce(q.gcap, 1) > 0 OR coalesce(q.grate, 0) > 0 THEN j.group_key END AS group_key
+                FROM pgjobs.jobs j
+                WHERE j.status = 'queued' AND j.expires_at IS NULL
+                  AND j.queue = f.name AND j.tenant = f.tenant
+                  AND j.scheduled_at <= now()
+                  AND (j.group_key IS NULL
+                       OR pgjobs._group_has_room(j.enqueued_by, j.group_key, q.name, q.gcap, q.grate, q.gperiod, salt))
+                ORDER BY j.priority, j.scheduled_at, j.id
+                LIMIT f.quota
+                FOR UPDATE OF j SKIP LOCKED
+            ) l
+            WHERE f.tenant <> '' AND f.quota > 0
+            ORDER BY priority, scheduled_at, id
             LIMIT wanted
         ), free AS (
             -- By id from an array: the one plan for every call must probe the primary key however
@@ -161,7 +324,7 @@ BEGIN
                array_agg(c.enqueued_by ORDER BY c.priority, c.scheduled_at, c.id) FILTER (WHERE c.group_key IS NOT NULL)
         INTO rows, locked, ids, id_queues, groups, owners
         FROM c;
-        EXIT WHEN locked = 0;
+        EXIT WHEN locked = 0 AND cardinality(fair_queues) = 0;
         grouped := NULL;
         -- 2. Claim the grouped ones, as many of each group as its room allows, each in a free slot.
         --    This statement's snapshot was taken after the group locks were held, so it sees every
@@ -257,10 +420,22 @@ BEGIN
             UNION ALL
             SELECT t.queue, t.group_key, t.enqueued_by, now() FROM unnest(rows) t
             WHERE t.queue = ANY (group_counted) AND t.group_key IS NOT NULL;
+            IF cardinality(fair_queues) > 0 THEN
+                IF claimed > 0 THEN
+                    PERFORM pgjobs._fair_charge(rows, lane_queues, lane_tenants, lane_starts, lane_weights);
+                END IF;
+                SELECT short_queues || array_agg(l.queue), short_tenants || array_agg(l.tenant)
+                INTO short_queues, short_tenants
+                FROM unnest(lane_queues, lane_tenants, lane_quotas) AS l(queue, tenant, quota)
+                WHERE l.quota > (SELECT count(*) FROM unnest(rows) r
+                                 WHERE r.queue = l.queue AND coalesce(r.tenant, '') = l.tenant);
+            END IF;
         END IF;
         -- Fewer rows locked than asked for: the queue holds no more due jobs for us. (With limits,
         -- each queue was asked for its own cap: go on while a round claims something.)
-        EXIT WHEN CASE WHEN limited THEN claimed = 0 ELSE locked < wanted + claimed END;
+        EXIT WHEN CASE WHEN limited THEN claimed = 0 AND cardinality(short_queues) = shorted
+                       ELSE locked < wanted + claimed END;
+        shorted := cardinality(short_queues);
     END LOOP;
 END;
 $$;
@@ -281,7 +456,7 @@ CREATE OR REPLACE FUNCTION pgjobs.complete_and_dequeue(
     id bigint, claimed boolean, task text, args jsonb, attempts integer, max_attempts integer, queue text,
     priority integer, group_key text, key text, meta jsonb, scheduled_at timestamptz, enqueued_at timestamptz,
     started_at timestamptz, timeout double precision, heartbeat double precision, retry_delay double precision,
-    retry_backoff double precision, ttl integer, progress double precision, error text
+    retry_backoff double precision, ttl integer, progress double precision, error text, tenant text
 )
 LANGUAGE plpgsql
 SET lock_timeout = '5s' AS $$
@@ -294,7 +469,8 @@ BEGIN
         RETURN QUERY
         SELECT u.id, false, NULL::text, NULL::jsonb, NULL::integer, NULL::integer, NULL::text, NULL::integer,
                NULL::text, NULL::text, NULL::jsonb, NULL::timestamptz, NULL::timestamptz, NULL::timestamptz,
-               NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::integer, NULL::float8, NULL::text
+               NULL::float8, NULL::float8, NULL::float8, NULL::float8, NULL::integer, NULL::float8, NULL::text,
+               NULL::text
         FROM unnest(done_ids) AS u(id)
         WHERE u.id <> ALL (done);
     END IF;
@@ -302,7 +478,7 @@ BEGIN
     RETURN QUERY
     SELECT d.id, true, d.task, d.args, d.attempts, d.max_attempts, d.queue, d.priority, d.group_key, d.key,
            nullif(d.meta, '{}'), d.scheduled_at, d.enqueued_at, d.started_at, d.timeout, d.heartbeat,
-           d.retry_delay, d.retry_backoff, d.ttl, d.progress, d.error
+           d.retry_delay, d.retry_backoff, d.ttl, d.progress, d.error, d.tenant
     FROM pgjobs.dequeue(complete_and_dequeue.worker_id, complete_and_dequeue.queues,
                         complete_and_dequeue.max_jobs) AS d;
 END;

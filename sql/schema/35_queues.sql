@@ -16,7 +16,8 @@ SELECT q.queue,
        coalesce(c.waiting, 0) AS waiting,
        coalesce(c.active, 0) AS active,
        extract(epoch FROM now() - c.oldest_due)::double precision AS oldest_queued_seconds,
-       s.updated_at
+       s.updated_at,
+       coalesce(s.fair, false) AS fair
 FROM (SELECT s.queue FROM pgjobs.queue_settings s
       UNION
       SELECT DISTINCT j.queue FROM pgjobs.jobs_live j WHERE j.status IN ('waiting', 'queued', 'active', 'aborting')) q
@@ -35,7 +36,9 @@ LEFT JOIN (
 
 -- Change a queue's settings; NULL leaves one as it is. 0 lifts a limit (group_max_active 0: a
 -- group's jobs run at once without limit; 1, the default, runs them one at a time). A rate needs
--- its period in seconds. Workers of the queue are woken: a resumed or loosened queue is claimed at once.
+-- its period in seconds. fair: claims are shared between the tenants with due jobs in proportion
+-- to their weights (set_tenant). Workers of the queue are woken: a resumed or loosened queue is
+-- claimed at once.
 CREATE OR REPLACE FUNCTION pgjobs.set_queue(
     queue text,
     paused boolean DEFAULT NULL,
@@ -44,7 +47,8 @@ CREATE OR REPLACE FUNCTION pgjobs.set_queue(
     max_active integer DEFAULT NULL,
     group_rate_limit integer DEFAULT NULL,
     group_rate_period double precision DEFAULT NULL,
-    group_max_active integer DEFAULT NULL
+    group_max_active integer DEFAULT NULL,
+    fair boolean DEFAULT NULL
 ) RETURNS pgjobs.queues
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
@@ -85,6 +89,7 @@ BEGIN
         group_rate_limit = coalesce(set_queue.group_rate_limit, t.group_rate_limit),
         group_rate_period = coalesce(set_queue.group_rate_period, t.group_rate_period),
         group_max_active = coalesce(set_queue.group_max_active, t.group_max_active),
+        fair = coalesce(set_queue.fair, t.fair),
         updated_at = now()
     WHERE t.queue = set_queue.queue
     RETURNING t.* INTO s;
@@ -96,7 +101,8 @@ BEGIN
                                format('must be > 0 seconds with a group_rate_limit of %s', s.group_rate_limit));
     END IF;
     -- A queue back to the defaults has no row: its claims skip the settings entirely.
-    IF NOT s.paused AND s.rate_limit = 0 AND s.max_active = 0 AND s.group_rate_limit = 0 AND s.group_max_active = 1 THEN
+    IF NOT s.paused AND s.rate_limit = 0 AND s.max_active = 0 AND s.group_rate_limit = 0 AND s.group_max_active = 1
+       AND NOT s.fair THEN
         DELETE FROM pgjobs.queue_settings t WHERE t.queue = set_queue.queue;
         DELETE FROM pgjobs.queue_claims w WHERE w.queue = set_queue.queue;
     END IF;
@@ -106,9 +112,37 @@ BEGIN
         r.queue := queue;
         r.paused := false;
         r.rate_limit := 0; r.rate_period := 0; r.max_active := 0;
-        r.group_rate_limit := 0; r.group_rate_period := 0; r.group_max_active := 1;
+        r.group_rate_limit := 0; r.group_rate_period := 0; r.group_max_active := 1; r.fair := false;
         r.queued := 0; r.scheduled := 0; r.waiting := 0; r.active := 0;
     END IF;
+    RETURN r;
+END;
+$$;
+
+-- A tenant's weight on a fair queue (NULL: back to 1, the default): with due jobs, tenants share
+-- the queue's claims in proportion to their weights. Takes effect at the next claim; the tenant's
+-- pass (the virtual time its next job starts at) is kept. Returns the tenant's row.
+CREATE OR REPLACE FUNCTION pgjobs.set_tenant(queue text, tenant text, weight double precision DEFAULT NULL)
+RETURNS pgjobs.queue_tenants
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    r pgjobs.queue_tenants;
+BEGIN
+    IF queue IS NULL OR length(queue) NOT BETWEEN 1 AND 48 OR queue ~ '[^A-Za-z0-9_.:-]' THEN
+        PERFORM pgjobs._refuse('queue', format('must be 1 to 48 characters from A-Z a-z 0-9 _ . : -, got %L',
+                                               left(queue, 300)));
+    END IF;
+    IF tenant IS NULL OR octet_length(tenant) > 1000 THEN
+        PERFORM pgjobs._refuse('tenant', 'must be a tenant name of at most 1000 bytes ('''': the unnamed tenant)');
+    END IF;
+    IF NOT (coalesce(weight, 1) BETWEEN 0.001 AND 1000000) THEN
+        PERFORM pgjobs._refuse('weight', format('must be between 0.001 and 1000000, got %s', weight));
+    END IF;
+    INSERT INTO pgjobs.queue_tenants AS t (queue, tenant, weight)
+    VALUES (queue, tenant, coalesce(weight, 1))
+    ON CONFLICT ON CONSTRAINT queue_tenants_pkey DO UPDATE SET weight = EXCLUDED.weight
+    RETURNING t.* INTO r;
     RETURN r;
 END;
 $$;

@@ -335,6 +335,15 @@ BEGIN
         RETURNING w.id
     )
     SELECT count(*) INTO n_workers FROM gone;
+    -- Tenants of fair queues that hold nothing the clock does not: weight 1 and a pass behind
+    -- their queue's clock (or a queue no longer fair). Never waits for a claim moving one on.
+    DELETE FROM pgjobs.queue_tenants t
+    WHERE (t.queue, t.tenant) IN (
+        SELECT t2.queue, t2.tenant FROM pgjobs.queue_tenants t2
+        LEFT JOIN pgjobs.queue_settings s ON s.queue = t2.queue
+        WHERE t2.weight = 1 AND (s.fair IS NOT TRUE OR t2.pass <= s.fair_clock)
+        LIMIT batch_size
+        FOR UPDATE OF t2 SKIP LOCKED);
 
     RETURN QUERY SELECT n_killed, n_dead, n_reset, n_deleted, n_workers;
 END;
@@ -373,11 +382,17 @@ BEGIN
               AND l.status IN ('complete', 'failed', 'aborted')
             RETURNING l.*
         ), kept AS (
-            INSERT INTO pgjobs.jobs_done OVERRIDING SYSTEM VALUE
+            -- Named columns: what a finished job keeps (no group slot, no dependencies to follow).
+            INSERT INTO pgjobs.jobs_done (id, queue, task, args, status, priority, group_key, key, attempts,
+                                          max_attempts, scheduled_at, timeout, heartbeat, retry_delay,
+                                          retry_backoff, ttl, progress, meta, result, error, worker_id, enqueued_at,
+                                          started_at, touched_at, completed_at, abort_reason, enqueued_by, tenant,
+                                          expires_at)
+            OVERRIDING SYSTEM VALUE
             SELECT f.id, f.queue, f.task, f.args, f.status, f.priority, f.group_key, f.key, f.attempts,
                    f.max_attempts, f.scheduled_at, f.timeout, f.heartbeat, f.retry_delay, f.retry_backoff,
                    f.ttl, f.progress, f.meta, f.result, f.error, f.worker_id, f.enqueued_at, f.started_at,
-                   f.touched_at, f.completed_at, f.abort_reason, f.enqueued_by,
+                   f.touched_at, f.completed_at, f.abort_reason, f.enqueued_by, f.tenant,
                    CASE WHEN f.ttl = 0 THEN '9999-12-31 00:00:00+00'::timestamptz
                         ELSE coalesce(f.completed_at, now()) + make_interval(secs => f.ttl) END
             FROM finished f WHERE f.ttl <> -1

@@ -118,11 +118,12 @@ LANGUAGE sql AS $$
         (s.job_options->>'heartbeat')::double precision, (s.job_options->>'retry_delay')::double precision,
         (s.job_options->>'retry_backoff')::double precision, (s.job_options->>'ttl')::integer,
         coalesce(s.job_options->'meta', '{}')
-            || jsonb_build_object('schedule', s.name, 'tick', to_jsonb(tick)))
+            || jsonb_build_object('schedule', s.name, 'tick', to_jsonb(tick)),
+        tenant => s.job_options->>'tenant')
 $$;
 
 -- Create or replace a schedule. Exactly one of cron and every (an interval in seconds). Job options (max_attempts,
--- timeout, heartbeat, retry_delay, retry_backoff, ttl, meta) go in job_options. A changed cron,
+-- timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, tenant) go in job_options. A changed cron,
 -- interval or time zone recomputes the next run; other changes keep it.
 CREATE OR REPLACE FUNCTION pgjobs.schedule(
     name text,
@@ -166,7 +167,8 @@ BEGIN
         PERFORM pgjobs._refuse('job_options', 'must be a JSON object');
     END IF;
     SELECT k INTO bad FROM jsonb_object_keys(coalesce(schedule.job_options, '{}')) AS k
-    WHERE k <> ALL (ARRAY['max_attempts', 'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta'])
+    WHERE k <> ALL (ARRAY['max_attempts', 'timeout', 'heartbeat', 'retry_delay', 'retry_backoff', 'ttl', 'meta',
+                          'tenant'])
     LIMIT 1;
     IF bad IS NOT NULL THEN
         PERFORM pgjobs._refuse('job_options.' || bad, 'is not a job option');
@@ -180,7 +182,7 @@ BEGIN
         (schedule.job_options->>'timeout')::double precision, (schedule.job_options->>'heartbeat')::double precision,
         (schedule.job_options->>'retry_delay')::double precision,
         (schedule.job_options->>'retry_backoff')::double precision, (schedule.job_options->>'ttl')::integer,
-        schedule.job_options->'meta');
+        schedule.job_options->'meta', schedule.job_options->>'tenant');
 
     INSERT INTO pgjobs.schedules AS s (name, task, args, cron, every, timezone, queue, priority, group_key,
         job_options, trigger_on_start, missed, misfire_grace, max_catchup, enabled)

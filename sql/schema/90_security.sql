@@ -12,7 +12,7 @@ DECLARE
                                      'max_payload', 'worker_is_alive', 'listen', 'unlisten', 'has_job'];
     -- What an operator does by hand: changes to jobs and queues that no worker needs to make.
     admin_functions text[] := ARRAY['retry', 'retry_failed', 'retry_matching', 'cancel_matching', 'delete_job',
-                                    'set_queue', 'schedule_run_now'];
+                                    'set_queue', 'set_tenant', 'schedule_run_now'];
     have_roles boolean := EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgjobs_client')
                           AND EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgjobs_worker');
     have_admin boolean := EXISTS (SELECT FROM pg_roles WHERE rolname = 'pgjobs_admin');

@@ -125,3 +125,34 @@ def test_a_paused_queue_waits_for_its_resume_under_four_workers(dsn: str, tmp_pa
     finally:
         thread.join()
     assert min(s for s, _, _ in starts_and_ends(dsn)) >= resumed[0]  # nothing ran while paused
+
+
+def test_on_a_fair_queue_a_late_tenant_is_not_stuck_behind_a_backlog_under_four_workers(
+    dsn: str, tmp_path: Path
+) -> None:
+    backlog, late = 1500, 60
+    enqueue(dsn, [{"task": "acceptance.record", "args": {"seconds": 0.005}, "tenant": "big"}] * backlog, fair=True)
+
+    def arrive_late() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while conn.execute("SELECT count(*) FROM pgjobs.jobs WHERE started_at IS NOT NULL").fetchone()[0] < 100:  # type: ignore[index]
+                time.sleep(0.01)
+            jobs = [{"task": "acceptance.record", "args": {"seconds": 0.005}, "tenant": "small"}] * late
+            conn.execute("SELECT pgjobs.enqueue_many(%s)", [Jsonb(jobs)])
+
+    thread = threading.Thread(target=arrive_late)
+    thread.start()
+    try:
+        run_workers(dsn, tmp_path, backlog + late)
+    finally:
+        thread.join()
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT tenant, enqueued_at, started_at, attempts FROM pgjobs.jobs").fetchall()
+    assert len(rows) == backlog + late and {r[3] for r in rows} == {1}  # every job ran, once
+    arrived = min(r[1] for r in rows if r[0] == "small")
+    small_done = max(r[2] for r in rows if r[0] == "small")
+    big_between = sum(1 for r in rows if r[0] == "big" and arrived <= r[2] <= small_done)
+    # Equal weights: about one of big's jobs for each of small's; first come, first served: all the
+    # rest of big's backlog (over 1,300) would start first.
+    print(f"{big_between} of big's jobs started while small's {late} were due")
+    assert big_between <= 3 * late
