@@ -9,7 +9,7 @@ with enqueue_many, as a user does; --late seconds later (default 3) tenants B an
 
 From the jobs' own times (started_at, the database clock) it reports, per tenant: the jobs run,
 the wait from enqueue to start (median, p99, max) and when its last job started. Over the window
-from B and C's arrival to the start of C's last job, when all three had jobs due, it reports each
+from C's arrival (B's came just before) to the start of C's last job, when all three had jobs due, it reports each
 tenant's share of the starts beside its fair share (A 1/4, B 1/4, C 1/2), and B's share from then
 to its own last start (1/2: A and B, equal weights). A's jobs must all complete: none lost.
 
@@ -124,6 +124,7 @@ def measure(rows: list[dict[str, Any]]) -> dict[str, Any]:
     by: dict[str, list[dict[str, Any]]] = {t: [r for r in rows if r["tenant"] == t] for t in WEIGHTS}
     out: dict[str, Any] = {"lost": sum(1 for r in rows if r["status"] != "complete")}
     arrival = min(r["enqueued_at"] for r in by["B"] + by["C"])
+    both = max(min(r["enqueued_at"] for r in by["B"]), min(r["enqueued_at"] for r in by["C"]))
     c_last = max(r["started_at"] for r in by["C"])
     b_last = max(r["started_at"] for r in by["B"])
     for t, jobs in by.items():
@@ -135,8 +136,8 @@ def measure(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "wait_max": max(waits),
             "last_start": (max(r["started_at"] for r in jobs) - arrival).total_seconds(),
         }
-    window = [r for r in rows if r["started_at"] and arrival <= r["started_at"] <= c_last]
-    out["window_s"] = (c_last - arrival).total_seconds()
+    window = [r for r in rows if r["started_at"] and both <= r["started_at"] <= c_last]
+    out["window_s"] = (c_last - both).total_seconds()
     out["share_all_three"] = {t: sum(1 for r in window if r["tenant"] == t) / max(1, len(window)) for t in WEIGHTS}
     after = [r for r in rows if r["started_at"] and c_last < r["started_at"] <= b_last]
     out["share_b_after_c"] = sum(1 for r in after if r["tenant"] == "B") / max(1, len(after))
