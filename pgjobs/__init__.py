@@ -43,14 +43,18 @@ from .errors import (
     JobCancelled,
     JobException,
     PgjobsError,
+    QueueFull,
     SchemaError,
     UnknownTaskError,
 )
 from .job import Job, JobStatus
 from .migrations import migrate
 from .queue import (
+    Pressure,
     Queue,
     Tenant,
+    pressure,
+    pressure_async,
     queues,
     queues_async,
     set_queue,
@@ -75,7 +79,9 @@ __all__ = [
     "JobRequest",
     "JobStatus",
     "PgjobsError",
+    "Pressure",
     "Queue",
+    "QueueFull",
     "ReapCounts",
     "Reaper",
     "ReaperConfig",
@@ -111,6 +117,8 @@ __all__ = [
     "jobs",
     "migrate",
     "periodic",
+    "pressure",
+    "pressure_async",
     "queues",
     "queues_async",
     "reap",

@@ -148,6 +148,8 @@ def _enqueue(args: argparse.Namespace) -> int:
         for k in ("queue", "priority", "delay", "group_key", "key", "retries", "timeout", "tenant")
         if getattr(args, k) is not None
     }
+    if args.wait_for_room is not None:
+        options.update(on_full="wait", full_timeout=args.wait_for_room)
     with _connection(args) as conn:
         job = client.enqueue(args.task, args=task_args, conn=conn, **options)
     if args.wait is None:
@@ -393,6 +395,8 @@ def _describe(q: queue.Queue) -> str:
         limits.append(f"group-max-active={q.group_max_active or 'none'}")
     if q.fair:
         limits.append("fair")
+    if q.max_queued:
+        limits.append(f"max-queued={q.max_queued} ({(q.queued + q.scheduled) / q.max_queued:.0%} full)")
     waited = "" if q.oldest_queued_seconds is None else f" oldest={q.oldest_queued_seconds:.1f}s"
     return (
         f"{q.queue}  {'paused' if q.paused else 'running'}  queued={q.queued} scheduled={q.scheduled} "
@@ -431,8 +435,12 @@ def _queue(args: argparse.Namespace) -> int:
             settings["group_max_active"] = args.group_max_active
         if args.fair is not None:
             settings["fair"] = args.fair
+        if args.max_queued is not None:
+            settings["max_queued"] = args.max_queued
         if not settings:
-            raise PgjobsError("queue limit needs --rate, --max-active, --group-rate, --group-max-active or --fair")
+            raise PgjobsError(
+                "queue limit needs --rate, --max-active, --group-rate, --group-max-active, --fair or --max-queued"
+            )
     with _connection(args) as conn:
         print(_describe(queue.set_queue(args.name, conn=conn, **settings)))
     return 0
@@ -626,6 +634,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--retries", type=int)
     c.add_argument("--timeout", type=float)
     c.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the job to finish and print it")
+    c.add_argument(
+        "--wait-for-room", type=float, metavar="SECONDS",
+        help="a full queue (max_queued): try again for this long instead of failing at once",
+    )  # fmt: skip
     c.set_defaults(func=_enqueue)
 
     c = command("job", "print a job as JSON")
@@ -709,6 +721,9 @@ def _parser() -> argparse.ArgumentParser:
         "--fair", action=argparse.BooleanOptionalAction, default=None,
         help="share claims between the tenants with due jobs by weight (--no-fair: first come, first served)",
     )  # fmt: skip
+    c.add_argument(
+        "--max-queued", type=int, metavar="N", help="queued jobs at most; enqueues beyond are refused (0: no limit)"
+    )
     c.set_defaults(func=_queue)
 
     c = command("dashboard", "serve the browser dashboard, its JSON API and /metrics (needs pgjobs[dashboard])")

@@ -13,15 +13,16 @@ import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, overload, runtime_checkable
 
+import psycopg
 from psycopg.types.json import Jsonb
 
 from . import _database, _sql, _tracing, migrations
 from ._calls import AsyncConnection, Call, Connection, run, run_async
 from ._calls import close as close
 from ._calls import close_async as close_async
-from .errors import ArgumentError, ConfigurationError
+from .errors import ArgumentError, ConfigurationError, QueueFull
 from .job import Job, JobStatus, as_jsonb, encode_arguments, to_json
 from .job import get_job as get_job
 from .job import get_job_async as get_job_async
@@ -243,8 +244,57 @@ def job(
 # ------------------------------------------------------------------------------------------------
 # The calls
 # ------------------------------------------------------------------------------------------------
-def _enqueue_call(request: JobRequest) -> Call[Job]:
-    return Call(_sql.query("job_enqueue"), request.params(), lambda rows: Job._stored(rows[0]), tuples=True)
+#: What an enqueue does when a queue with a maximum depth (``max_queued``, see set_queue) is full:
+#: ``"error"`` raises QueueFull and enqueues nothing; ``"reject"`` (enqueue_many only) enqueues what
+#: fits and gives None for the rest; ``"wait"`` tries again, 50 ms doubling to 1 s apart, until
+#: every job is in or ``full_timeout`` seconds have passed (then QueueFull).
+OnFull = Literal["error", "reject", "wait"]
+
+
+def _refused(rows: list[tuple[Any, ...]]) -> Job | None:
+    """The job enqueue_job returned; None when a full queue refused it (a row of NULLs)."""
+    return Job._stored(rows[0]) if rows[0][2] is not None else None
+
+
+def _enqueue_call(request: JobRequest, on_full: str = "error") -> Call[Job | None]:
+    params = request.params()
+    params["on_full"] = on_full
+    return Call(_sql.query("job_enqueue"), params, _refused, tuples=True)
+
+
+def _queue_full(exc: psycopg.Error) -> QueueFull | None:
+    """The QueueFull that a database error stands for, if it does."""
+    if exc.sqlstate != QueueFull.SQLSTATE:
+        return None
+    return QueueFull(exc.diag.message_primary or str(exc))
+
+
+def _raise_queue_full(exc: psycopg.Error) -> None:
+    """Raise QueueFull for a full queue's refusal; return for any other error (the caller re-raises it)."""
+    if (full := _queue_full(exc)) is not None:
+        raise full from exc
+
+
+def _pauses(on_full: str, timeout: float) -> Iterator[float]:
+    """The pauses before each attempt after the first of an enqueue: with on_full "wait", 50 ms
+    doubling to 1 s, for as long as timeout seconds allow; else none."""
+    if on_full != "wait":
+        return
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    while (left := deadline - time.monotonic()) > 0:
+        yield min(pause, left)
+        pause = min(pause * 2, 1.0)
+
+
+def _check_on_full(on_full: str, allowed: tuple[str, ...]) -> str:
+    if on_full not in allowed:
+        raise ArgumentError(f"on_full must be one of {', '.join(map(repr, allowed))}, got {on_full!r}")
+    return "reject" if on_full == "wait" else on_full
+
+
+def _still_full(queue: Any, timeout: float) -> QueueFull:
+    return QueueFull(f"queue {queue or 'default'} stayed full for {timeout:g} s (on_full='wait')")
 
 
 def _ids(rows: list[tuple[int, int]]) -> list[int]:
@@ -261,12 +311,12 @@ def _column(values: list[Any]) -> list[Any] | None:
     return values
 
 
-def _enqueue_many_call(requests: Iterable[JobRequest]) -> Call[list[int]]:
+def _enqueue_many_call(requests: Iterable[JobRequest], on_full: str = "error") -> Call[list[int]]:
     requests = list(requests)
     if not requests or any(r.options.get("depends_on") for r in requests):
         position = {id(r): i for i, r in enumerate(requests)}
         docs = [r.document(position) for r in requests]
-        return Call(_sql.query("job_enqueue_many"), {"jobs": Jsonb(docs)}, _ids, tuples=True)
+        return Call(_sql.query("job_enqueue_many"), {"jobs": Jsonb(docs), "on_full": on_full}, _ids, tuples=True)
     # Arrays, the arguments as one JSON document: one encoding here and one parse there.
     options = [r.options for r in requests]
     if all(o is options[0] or o == options[0] for o in options):
@@ -276,6 +326,7 @@ def _enqueue_many_call(requests: Iterable[JobRequest]) -> Call[list[int]]:
     params["args"] = as_jsonb(f"[{','.join([r.encoded for r in requests])}]")
     metas = [r.options.get("meta") for r in requests]
     params["meta"] = None if all(m is None for m in metas) else to_json([m or {} for m in metas], "meta")
+    params["on_full"] = on_full
     return Call(_sql.query("job_enqueue_arrays"), params, _ids, tuples=True)
 
 
@@ -289,7 +340,115 @@ def _cancel_call(job_id: int) -> Call[JobStatus | None]:
     return Call(_sql.query("job_cancel"), {"id": job_id}, _status)
 
 
-def enqueue(task: str | TaskRef, /, *args: Any, conn: Connection | None = None, **kwargs: Any) -> Job:
+def _send(request: JobRequest, conn: Connection | None, on_full: str, timeout: float) -> Job:
+    call = _enqueue_call(request, _check_on_full(on_full, ("error", "wait")))
+    pauses = _pauses(on_full, timeout)
+    while True:
+        try:
+            job = run(call, conn)
+        except psycopg.Error as exc:
+            _raise_queue_full(exc)
+            raise
+        if job is not None:
+            return job
+        if (pause := next(pauses, None)) is None:
+            raise _still_full(request.options.get("queue"), timeout)
+        time.sleep(pause)
+
+
+async def _send_async(request: JobRequest, conn: AsyncConnection | None, on_full: str, timeout: float) -> Job:
+    call = _enqueue_call(request, _check_on_full(on_full, ("error", "wait")))
+    pauses = _pauses(on_full, timeout)
+    while True:
+        try:
+            job = await run_async(call, conn)
+        except psycopg.Error as exc:
+            _raise_queue_full(exc)
+            raise
+        if job is not None:
+            return job
+        if (pause := next(pauses, None)) is None:
+            raise _still_full(request.options.get("queue"), timeout)
+        await asyncio.sleep(pause)
+
+
+class _Batch:
+    """enqueue_many's jobs through the attempts on_full asks for: the ids so far, and what is left
+    to send (a batch with dependencies goes whole, its refusal an error, retried only outside the
+    caller's transaction)."""
+
+    def __init__(self, requests: list[JobRequest], on_full: str, conn: object) -> None:
+        self.requests = requests
+        self.on_full = on_full
+        self.mode = _check_on_full(on_full, ("error", "reject", "wait"))
+        self.ids: list[int | None] = [None] * len(requests)
+        self.todo = list(range(len(requests)))
+        self.whole = any(r.options.get("depends_on") for r in requests)
+        self.retry_refusal = on_full == "wait" and self.whole and conn is None
+
+    def sending(self) -> list[JobRequest]:
+        return [self.requests[i] for i in self.todo]
+
+    def refused(self, exc: psycopg.Error) -> None:
+        """A call raised: QueueFull for a full queue (unless it is retried), the error itself else."""
+        if _queue_full(exc) is None or not self.retry_refusal:
+            _raise_queue_full(exc)
+            raise exc
+
+    def done(self, got: list[int]) -> bool:
+        for i, job_id in zip(self.todo, got, strict=True):
+            self.ids[i] = job_id
+        self.todo = [i for i in self.todo if self.ids[i] is None]
+        return not self.todo or self.on_full != "wait"
+
+    def still_full(self, timeout: float) -> QueueFull:
+        queues = sorted({str(self.requests[i].options.get("queue") or "default") for i in self.todo})
+        return QueueFull(
+            f"{len(self.todo)} of {len(self.requests)} jobs refused: queue {', '.join(queues)} stayed full "
+            f"for {timeout:g} s (on_full='wait')",
+            self.ids,
+        )
+
+
+def _send_many(requests: list[JobRequest], conn: Connection | None, on_full: str, timeout: float) -> list[int | None]:
+    batch = _Batch(requests, on_full, conn)
+    pauses = _pauses(on_full, timeout)
+    while True:
+        try:
+            if batch.done(run(_enqueue_many_call(batch.sending(), batch.mode), conn)):
+                return batch.ids
+        except psycopg.Error as exc:
+            batch.refused(exc)
+        if (pause := next(pauses, None)) is None:
+            raise batch.still_full(timeout)
+        time.sleep(pause)
+
+
+async def _send_many_async(
+    requests: list[JobRequest], conn: AsyncConnection | None, on_full: str, timeout: float
+) -> list[int | None]:
+    batch = _Batch(requests, on_full, conn)
+    pauses = _pauses(on_full, timeout)
+    while True:
+        try:
+            if batch.done(await run_async(_enqueue_many_call(batch.sending(), batch.mode), conn)):
+                return batch.ids
+        except psycopg.Error as exc:
+            batch.refused(exc)
+        if (pause := next(pauses, None)) is None:
+            raise batch.still_full(timeout)
+        await asyncio.sleep(pause)
+
+
+def enqueue(
+    task: str | TaskRef,
+    /,
+    *args: Any,
+    conn: Connection | None = None,
+    on_full: Literal["error", "wait"] = "error",
+    full_timeout: float = 30.0,
+    **kwargs: Any,
+) -> Job:
     """Enqueue a job and return it as stored.
 
     Positional and keyword arguments other than the options below go to the task (one kind or
@@ -315,35 +474,98 @@ def enqueue(task: str | TaskRef, /, *args: Any, conn: Connection | None = None, 
       between the tenants that have due jobs, in proportion to their weights (see set_queue).
 
     :param conn: a connection of the caller's: the job joins its transaction.
+    :param on_full: when the queue has a maximum depth (``max_queued``) and is full: ``"error"``
+        raises QueueFull (the refusal ends the caller's transaction, as any error does);
+        ``"wait"`` tries again until it fits or ``full_timeout`` seconds have passed (with
+        ``conn`` in a transaction, that transaction keeps the queue's turn meanwhile).
     """
     request = job(task, *args, **kwargs)
     if (tracer := _tracing.tracer()) is not None:
-        return _tracing.send_one(tracer, request, lambda sent: run(_enqueue_call(sent), conn))
-    return run(_enqueue_call(request), conn)
+        return _tracing.send_one(tracer, request, lambda sent: _send(sent, conn, on_full, full_timeout))
+    return _send(request, conn, on_full, full_timeout)
 
 
-async def enqueue_async(task: str | TaskRef, /, *args: Any, conn: AsyncConnection | None = None, **kwargs: Any) -> Job:
+async def enqueue_async(
+    task: str | TaskRef,
+    /,
+    *args: Any,
+    conn: AsyncConnection | None = None,
+    on_full: Literal["error", "wait"] = "error",
+    full_timeout: float = 30.0,
+    **kwargs: Any,
+) -> Job:
     """The async twin of enqueue()."""
     request = job(task, *args, **kwargs)
     if (tracer := _tracing.tracer()) is not None:
-        return await _tracing.send_one_async(tracer, request, lambda sent: run_async(_enqueue_call(sent), conn))
-    return await run_async(_enqueue_call(request), conn)
+        return await _tracing.send_one_async(
+            tracer, request, lambda sent: _send_async(sent, conn, on_full, full_timeout)
+        )
+    return await _send_async(request, conn, on_full, full_timeout)
 
 
-def enqueue_many(jobs: Iterable[JobRequest], *, conn: Connection | None = None) -> list[int]:
-    """Enqueue many jobs (built with ``pgjobs.job()``) in one round trip; returns their ids in order."""
+@overload
+def enqueue_many(
+    jobs: Iterable[JobRequest],
+    *,
+    conn: Connection | None = None,
+    on_full: Literal["error", "wait"] = "error",
+    full_timeout: float = 30.0,
+) -> list[int]: ...
+@overload
+def enqueue_many(
+    jobs: Iterable[JobRequest],
+    *,
+    conn: Connection | None = None,
+    on_full: Literal["reject"],
+    full_timeout: float = 30.0,
+) -> list[int | None]: ...
+def enqueue_many(
+    jobs: Iterable[JobRequest], *, conn: Connection | None = None, on_full: OnFull = "error", full_timeout: float = 30.0
+) -> list[int] | list[int | None]:
+    """Enqueue many jobs (built with ``pgjobs.job()``) in one round trip; returns their ids in order.
+
+    :param on_full: when a queue with a maximum depth (``max_queued``) cannot take them all:
+        ``"error"`` raises QueueFull and enqueues none; ``"reject"`` enqueues what fits, in order,
+        and returns None for each job refused; ``"wait"`` sends the refused ones again until all
+        are in or ``full_timeout`` seconds have passed (QueueFull then holds the ids so far). A batch
+        with dependencies is admitted whole or not at all.
+    """
+    requests = list(jobs)
     if (tracer := _tracing.tracer()) is not None:
-        return _tracing.send_many(tracer, list(jobs), lambda sent: run(_enqueue_many_call(sent), conn))
-    return run(_enqueue_many_call(jobs), conn)
+        return _tracing.send_many(tracer, requests, lambda sent: _send_many(sent, conn, on_full, full_timeout))
+    return _send_many(requests, conn, on_full, full_timeout)
 
 
-async def enqueue_many_async(jobs: Iterable[JobRequest], *, conn: AsyncConnection | None = None) -> list[int]:
+@overload
+async def enqueue_many_async(
+    jobs: Iterable[JobRequest],
+    *,
+    conn: AsyncConnection | None = None,
+    on_full: Literal["error", "wait"] = "error",
+    full_timeout: float = 30.0,
+) -> list[int]: ...
+@overload
+async def enqueue_many_async(
+    jobs: Iterable[JobRequest],
+    *,
+    conn: AsyncConnection | None = None,
+    on_full: Literal["reject"],
+    full_timeout: float = 30.0,
+) -> list[int | None]: ...
+async def enqueue_many_async(
+    jobs: Iterable[JobRequest],
+    *,
+    conn: AsyncConnection | None = None,
+    on_full: OnFull = "error",
+    full_timeout: float = 30.0,
+) -> list[int] | list[int | None]:
     """The async twin of enqueue_many()."""
+    requests = list(jobs)
     if (tracer := _tracing.tracer()) is not None:
         return await _tracing.send_many_async(
-            tracer, list(jobs), lambda sent: run_async(_enqueue_many_call(sent), conn)
+            tracer, requests, lambda sent: _send_many_async(sent, conn, on_full, full_timeout)
         )
-    return await run_async(_enqueue_many_call(jobs), conn)
+    return await _send_many_async(requests, conn, on_full, full_timeout)
 
 
 def cancel(job_id: int, *, conn: Connection | None = None) -> JobStatus | None:

@@ -24,6 +24,19 @@ class ArgumentError(PgjobsError, ValueError):
     """A job's arguments, options or result cannot be stored as given."""
 
 
+class QueueFull(PgjobsError):
+    """A queue with a maximum depth (``max_queued``, see set_queue) refused jobs: nothing of the call
+    was enqueued; or, for enqueue_many with ``on_full="wait"``, ``ids`` holds the id of each job
+    enqueued before the time ran out and None for each still refused."""
+
+    #: The SQLSTATE of pgjobs' refusal in SQL.
+    SQLSTATE = "PJ001"
+
+    def __init__(self, message: str, ids: list[int | None] | None = None) -> None:
+        super().__init__(message)
+        self.ids = ids
+
+
 class UnknownTaskError(PgjobsError, LookupError):
     """No task of that name is registered."""
 

@@ -62,7 +62,9 @@ class WorkerMetrics:
 
 class DatabaseCollector(Collector):
     """``pgjobs_queue_jobs{queue,status}``, ``pgjobs_queue_oldest_queued_seconds{queue}``,
-    ``pgjobs_workers{status}`` and ``pgjobs_notify_queue_usage``, read from the database at each scrape."""
+    ``pgjobs_queue_max_queued{queue}`` and ``pgjobs_queue_pressure{queue}`` (queues with a maximum
+    depth), ``pgjobs_workers{status}`` and ``pgjobs_notify_queue_usage``, read from the database at
+    each scrape."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -71,6 +73,10 @@ class DatabaseCollector(Collector):
         jobs = GaugeMetricFamily("pgjobs_queue_jobs", "Unfinished jobs by queue and status", labels=["queue", "status"])
         oldest = GaugeMetricFamily(
             "pgjobs_queue_oldest_queued_seconds", "Seconds the oldest due job of a queue has waited", labels=["queue"]
+        )
+        limit = GaugeMetricFamily("pgjobs_queue_max_queued", "A queue's maximum depth (max_queued)", labels=["queue"])
+        pressure = GaugeMetricFamily(
+            "pgjobs_queue_pressure", "Queued jobs over max_queued, 0 to 1 (1: enqueues are refused)", labels=["queue"]
         )
         workers = GaugeMetricFamily("pgjobs_workers", "Workers by status", labels=["status"])
         notify = GaugeMetricFamily(
@@ -81,7 +87,10 @@ class DatabaseCollector(Collector):
                 for status in ("queued", "scheduled", "waiting", "active"):
                     jobs.add_metric([q["queue"], status], q[status])
                 oldest.add_metric([q["queue"]], q["oldest_queued_seconds"] or 0.0)
+                if q["max_queued"]:
+                    limit.add_metric([q["queue"]], q["max_queued"])
+                    pressure.add_metric([q["queue"]], (q["queued"] + q["scheduled"]) / q["max_queued"])
             for w in _database.fetch(conn, _sql.query("worker_counts")):
                 workers.add_metric([w["status"]], w["n"])
             notify.add_metric([], _database.fetch(conn, _sql.query("notify_queue_usage"))[0]["usage"])
-        yield from (jobs, oldest, workers, notify)
+        yield from (jobs, oldest, limit, pressure, workers, notify)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -33,6 +34,7 @@ class Queue:
     oldest_queued_seconds: float | None = None
     updated_at: dt.datetime | None = None
     fair: bool = False
+    max_queued: int = 0
 
     @classmethod
     def from_row(cls, row: _database.Row) -> Queue:
@@ -44,7 +46,7 @@ def _seconds(value: float | dt.timedelta | None) -> float | None:
 
 
 _SETTINGS = ("paused", "rate_limit", "rate_period", "max_active", "group_rate_limit", "group_rate_period",
-             "group_max_active", "fair")  # fmt: skip
+             "group_max_active", "fair", "max_queued")  # fmt: skip
 
 
 def _set_queue_call(queue: str, settings: dict[str, Any]) -> Call[Queue]:
@@ -72,6 +74,7 @@ def set_queue(
     group_rate_period: float | dt.timedelta | None = None,
     group_max_active: int | None = None,
     fair: bool | None = None,
+    max_queued: int | None = None,
     conn: Connection | None = None,
 ) -> Queue:
     """Change a queue's settings (None leaves one as it is) and return the queue as it stands.
@@ -86,12 +89,14 @@ def set_queue(
     :param group_max_active: active jobs of one group at most (default 1; 0: no limit).
     :param fair: share the queue's claims between the tenants (the jobs' ``tenant``) that have due
         jobs, in proportion to their weights (set_tenant; 1 by default); a tenant alone gets them all.
+    :param max_queued: queued jobs (due or later) at most, checked as jobs are enqueued: an enqueue
+        beyond it is refused (see enqueue's ``on_full``); 0 lifts it.
     :param conn: a connection of the caller's: the change joins its transaction.
     """
     settings = {
         "paused": paused, "rate_limit": rate_limit, "rate_period": rate_period, "max_active": max_active,
         "group_rate_limit": group_rate_limit, "group_rate_period": group_rate_period,
-        "group_max_active": group_max_active, "fair": fair,
+        "group_max_active": group_max_active, "fair": fair, "max_queued": max_queued,
     }  # fmt: skip
     return run(_set_queue_call(queue, settings), conn)
 
@@ -155,3 +160,34 @@ def tenants(queue: str, *, conn: Connection | None = None) -> list[Tenant]:
     return run(
         Call(_sql.query("queue_tenant_list"), {"queue": queue}, lambda rows: [Tenant.from_row(r) for r in rows]), conn
     )
+
+
+@dataclass(frozen=True)
+class Pressure:
+    """How hard producers press on a queue: its queued jobs (due or later; counted up to
+    ``max_queued``, or 10,000 without one), ``max_queued`` (0: none), ``pressure`` (queued over
+    max_queued, 1 when full; None without a limit) and ``next_due_seconds`` (how long the job next in
+    line has been due; None when none is)."""
+
+    queue: str
+    queued: int
+    max_queued: int
+    pressure: float | None
+    next_due_seconds: float | None
+
+
+def _pressure_call(queues: Sequence[str] | None) -> Call[list[Pressure]]:
+    params = {"queues": list(queues) if queues is not None else None}
+    return Call(_sql.query("queue_pressure"), params, lambda rows: [Pressure(**r) for r in rows])
+
+
+def pressure(queues: Sequence[str] | None = None, *, conn: Connection | None = None) -> list[Pressure]:
+    """The pressure on these queues (None: every queue with settings or unfinished jobs), cheap
+    enough to read before each enqueue: a producer that sees ``pressure`` near 1 can slow down
+    before its enqueues are refused."""
+    return run(_pressure_call(queues), conn)
+
+
+async def pressure_async(queues: Sequence[str] | None = None, *, conn: AsyncConnection | None = None) -> list[Pressure]:
+    """The async twin of pressure()."""
+    return await run_async(_pressure_call(queues), conn)

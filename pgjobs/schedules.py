@@ -26,7 +26,7 @@ from croniter.croniter import CroniterBadDateError, CroniterError
 from psycopg.types.json import Jsonb
 
 from . import _database, _sql, client, migrations
-from .errors import ArgumentError, PgjobsError
+from .errors import ArgumentError, PgjobsError, QueueFull
 from .job import to_json
 from .tasks import Task, task
 
@@ -300,6 +300,8 @@ class Scheduler:
         # Rows no scheduler can run, parked: name -> the digest of the definition warned about. The
         # due query leaves them out until their definition changes.
         self._unrunnable: dict[str, str] = {}
+        # Schedules whose queue was full at their last try (max_queued): warned about once.
+        self._full: set[str] = set()
 
     async def run_once(self) -> int:
         """One pass; returns the number of jobs enqueued."""
@@ -316,9 +318,20 @@ class Scheduler:
             if planned is None:
                 continue
             schedule, (ticks, next_run_at) = planned
-            result = await _database.fetch_async(
-                conn, _sql.query("schedule_fire"), {"name": schedule.name, "ticks": ticks, "next": next_run_at}
-            )
+            try:
+                # A savepoint each: a schedule whose queue is full waits, the others fire.
+                async with conn.transaction():
+                    result = await _database.fetch_async(
+                        conn, _sql.query("schedule_fire"), {"name": schedule.name, "ticks": ticks, "next": next_run_at}
+                    )
+            except psycopg.Error as exc:
+                if exc.sqlstate != QueueFull.SQLSTATE:
+                    raise
+                if schedule.name not in self._full:
+                    logger.warning("schedule %s waits: %s", schedule.name, _database.first_line(exc))
+                self._full.add(schedule.name)
+                continue
+            self._full.discard(schedule.name)
             n = result[0]["fired"]
             if n:
                 logger.info("schedule %s: %d job(s) for %s", schedule.name, n, ", ".join(t.isoformat() for t in ticks))

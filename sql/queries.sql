@@ -3,7 +3,7 @@
 
 -- name: job_enqueue
 -- Enqueue one job (delay in seconds is added to the database clock) and return its row, its
--- columns in the order of pgjobs.Job's fields.
+-- columns in the order of pgjobs.Job's fields (all NULL: refused by a full queue, on_full 'reject').
 SELECT j.task, j.args, j.id, j.queue, j.status, j.priority, j.group_key, j.key, j.attempts, j.max_attempts,
        j.scheduled_at, j.timeout, j.heartbeat, j.retry_delay, j.retry_backoff, j.ttl, j.progress, j.meta, j.result,
        j.error, j.worker_id, j.enqueued_at, j.started_at, j.touched_at, j.completed_at, j.abort_reason, j.depends_on,
@@ -24,12 +24,13 @@ FROM pgjobs.enqueue_job(
     ttl => %(ttl)s::integer,
     meta => %(meta)s::jsonb,
     depends_on => %(depends_on)s::bigint[],
-    tenant => %(tenant)s::text
+    tenant => %(tenant)s::text,
+    on_full => %(on_full)s::text
 ) AS j;
 
 -- name: job_enqueue_many
--- Enqueue a JSON array of jobs; one id per element, in input order.
-SELECT item, id FROM pgjobs.enqueue_many(%(jobs)s) ORDER BY item;
+-- Enqueue a JSON array of jobs; one id per element, in input order (NULL: refused by a full queue).
+SELECT item, id FROM pgjobs.enqueue_many(%(jobs)s, on_full => %(on_full)s::text) ORDER BY item;
 
 -- name: job_enqueue_arrays
 -- Enqueue jobs given as arrays (one element for all, or one a job); args and meta as JSON arrays.
@@ -49,7 +50,8 @@ SELECT item, id FROM pgjobs.enqueue_many(
     retry_backoff => %(retry_backoff)s::double precision[],
     ttl => %(ttl)s::integer[],
     meta => ARRAY(SELECT jsonb_array_elements(%(meta)s::jsonb)),
-    tenant => %(tenant)s::text[]
+    tenant => %(tenant)s::text[],
+    on_full => %(on_full)s::text
 ) ORDER BY item;
 
 -- name: job_has
@@ -278,8 +280,14 @@ SELECT * FROM pgjobs.set_queue(
     group_rate_limit => %(group_rate_limit)s::integer,
     group_rate_period => %(group_rate_period)s::double precision,
     group_max_active => %(group_max_active)s::integer,
-    fair => %(fair)s::boolean
+    fair => %(fair)s::boolean,
+    max_queued => %(max_queued)s::integer
 );
+
+-- name: queue_pressure
+-- How hard producers press on these queues (NULL: all): queued, max_queued, their ratio, the wait
+-- of the job next in line.
+SELECT * FROM pgjobs.queue_pressure(%(queues)s::text[]);
 
 -- name: queue_tenant_set
 -- A tenant's weight on a fair queue (NULL: back to 1); returns its row of pgjobs.queue_tenants.

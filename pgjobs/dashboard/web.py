@@ -478,7 +478,7 @@ def _idle_queue(name: str) -> Row:
     """A queue that only finished jobs lately: no settings, nothing unfinished."""
     return {"queue": name, "paused": False, "rate_limit": 0, "rate_period": 0, "max_active": 0, "group_rate_limit": 0,
             "group_rate_period": 0, "group_max_active": 1, "queued": 0, "scheduled": 0, "waiting": 0, "active": 0,
-            "oldest_queued_seconds": None, "fair": False}  # fmt: skip
+            "oldest_queued_seconds": None, "fair": False, "max_queued": 0}  # fmt: skip
 
 
 def _field(form: Mapping[str, Any], name: str) -> str | None:

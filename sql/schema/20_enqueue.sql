@@ -129,9 +129,57 @@ BEGIN
 END;
 $$;
 
+-- What an enqueue does when a queue is full: 'error' (SQLSTATE PJ001) or 'reject' (NULL ids).
+CREATE OR REPLACE FUNCTION pgjobs._check_on_full(on_full text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF on_full IS NULL OR on_full NOT IN ('error', 'reject') THEN
+        PERFORM pgjobs._refuse('on_full', format('must be ''error'' or ''reject'', got %L', left(on_full, 100)));
+    END IF;
+END;
+$$;
+
+-- Admission to a queue with a maximum depth (queue_settings.max_queued): of n new queued jobs,
+-- how many it takes. Enqueues into such a queue take turns on a salted advisory lock (held until
+-- their transaction ends, waited for 5 s at most), so that each counts what those before it
+-- committed: the depth (queued jobs, due or later) never passes the limit by an admission. A queue
+-- without a limit costs one probe of queue_settings. on_full: 'error' raises SQLSTATE PJ001 when
+-- the n do not all fit (a caller in its own transaction can catch it); 'reject' admits as many as
+-- fit and returns their number.
+CREATE OR REPLACE FUNCTION pgjobs._admit(queue text, n integer, on_full text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    cap integer := (SELECT s.max_queued FROM pgjobs.queue_settings s WHERE s.queue = _admit.queue);
+    waited text;
+    depth bigint;
+BEGIN
+    IF coalesce(cap, 0) = 0 OR n = 0 THEN
+        RETURN n;
+    END IF;
+    waited := current_setting('lock_timeout');
+    PERFORM set_config('lock_timeout', '5s', true);
+    PERFORM pg_advisory_xact_lock(1885957987, hashtext(coalesce((SELECT k.salt FROM pgjobs.lock_keys k LIMIT 1), '')
+                                                        || '/queue/' || queue));
+    PERFORM set_config('lock_timeout', waited, true);
+    -- A new statement: it sees what the lock's holders before us committed.
+    SELECT count(*) INTO depth FROM (SELECT FROM pgjobs.jobs_live j
+                                     WHERE j.queue = _admit.queue AND j.status = 'queued' LIMIT cap) d;
+    IF depth + n <= cap THEN
+        RETURN n;
+    ELSIF on_full = 'reject' THEN
+        RETURN greatest(cap - depth, 0)::integer;
+    END IF;
+    RAISE EXCEPTION 'pgjobs: queue % is full: % queued of max_queued %, % more refused', queue, depth, cap, n
+        USING ERRCODE = 'PJ001', HINT = 'retry later, or enqueue with on_full => ''reject''';
+END;
+$$;
+
 -- Insert one checked job (a row of _job_row) that waits for depends_on (job ids, NULL or empty:
 -- none), or return the caller's unfinished job with its key. label prefixes the field named in errors.
-CREATE OR REPLACE FUNCTION pgjobs._enqueue(label text, r pgjobs.jobs, depends_on bigint[]) RETURNS pgjobs.jobs
+-- A queued job needs admission to a queue with a maximum depth (_admit): refused, NULL with
+-- on_full 'reject'.
+CREATE OR REPLACE FUNCTION pgjobs._enqueue(label text, r pgjobs.jobs, depends_on bigint[], on_full text DEFAULT 'error')
+RETURNS pgjobs.jobs
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -170,6 +218,18 @@ BEGIN
         END IF;
         r.depends_on := parents;
     END IF;
+    IF r.status = 'queued' AND EXISTS (SELECT FROM pgjobs.queue_settings s WHERE s.queue = r.queue AND s.max_queued > 0) THEN
+        -- A job already there under its key is returned, full queue or not.
+        SELECT * INTO j FROM pgjobs.jobs_live t
+        WHERE r.key IS NOT NULL AND t.enqueued_by = session_user AND t.key = r.key
+          AND t.status IN ('waiting', 'queued', 'active', 'aborting') AND t.expires_at IS NULL;
+        IF FOUND THEN
+            RETURN j;
+        END IF;
+        IF pgjobs._admit(r.queue, 1, on_full) = 0 THEN
+            RETURN NULL;
+        END IF;
+    END IF;
     LOOP
         -- Straight into the hot partition: routing through pgjobs.jobs costs a third of the call.
         INSERT INTO pgjobs.jobs_live AS t (id, queue, task, args, status, priority, group_key, key, max_attempts,
@@ -207,6 +267,7 @@ $$;
 
 -- Enqueue one job (the key is looked up among the caller's own jobs). With depends_on, it waits
 -- (status waiting) until those jobs have all completed, and is aborted if one fails or is aborted.
+-- Into a full queue (max_queued): SQLSTATE PJ001, or NULL with on_full 'reject'.
 CREATE OR REPLACE FUNCTION pgjobs.enqueue_job(
     task text,
     args jsonb DEFAULT '{}',
@@ -223,17 +284,21 @@ CREATE OR REPLACE FUNCTION pgjobs.enqueue_job(
     ttl integer DEFAULT 86400,
     meta jsonb DEFAULT '{}',
     depends_on bigint[] DEFAULT NULL,
-    tenant text DEFAULT NULL
+    tenant text DEFAULT NULL,
+    on_full text DEFAULT 'error'
 ) RETURNS pgjobs.jobs
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF on_full IS DISTINCT FROM 'error' THEN
+        PERFORM pgjobs._check_on_full(on_full);
+    END IF;
     RETURN pgjobs._enqueue('', pgjobs._job_row('', task, args, queue, priority, scheduled_at, group_key, key,
                                max_attempts, timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, tenant),
-                           depends_on);
+                           depends_on, on_full);
 END;
 $$;
 
--- Enqueue one job and return its id (see enqueue_job).
+-- Enqueue one job and return its id (see enqueue_job; NULL: refused with on_full 'reject').
 CREATE OR REPLACE FUNCTION pgjobs.enqueue(
     task text,
     args jsonb DEFAULT '{}',
@@ -250,11 +315,13 @@ CREATE OR REPLACE FUNCTION pgjobs.enqueue(
     ttl integer DEFAULT 86400,
     meta jsonb DEFAULT '{}',
     depends_on bigint[] DEFAULT NULL,
-    tenant text DEFAULT NULL
+    tenant text DEFAULT NULL,
+    on_full text DEFAULT 'error'
 ) RETURNS bigint
 LANGUAGE sql AS $$
     SELECT (pgjobs.enqueue_job(task, args, queue, priority, scheduled_at, group_key, key, max_attempts,
-                               timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, depends_on, tenant)).id
+                               timeout, heartbeat, retry_delay, retry_backoff, ttl, meta, depends_on, tenant,
+                               on_full)).id
 $$;
 
 -- enqueue_many's jobs as rows to insert into jobs_live, defaults applied and each checked as it
@@ -312,12 +379,15 @@ LANGUAGE sql STABLE AS $$
                       heartbeat, retry_delay, retry_backoff, ttl, meta, args_text, tenant, n)
         ) q
     ) r
-    WHERE r.fault IS NULL OR pgjobs._refused(format('jobs[%s].', r.i) || r.fault[1], r.fault[2])
+    WHERE r.id IS NOT NULL  -- not refused by a full queue (see enqueue_many)
+      AND (r.fault IS NULL OR pgjobs._refused(format('jobs[%s].', r.i) || r.fault[1], r.fault[2]))
 $$;
 
 -- Enqueue many jobs given as arrays, element i of each for job i; an array of one element applies
 -- to every job; NULL, an empty array or a NULL element means the default. Checked all at once: the first wrong job,
 -- in array order, is reported and none is inserted. Keys are looked up among the caller's own jobs.
+-- Into a full queue (max_queued): SQLSTATE PJ001 and none is inserted, or with on_full 'reject'
+-- the jobs that do not fit get a NULL id.
 -- Arrays rather than one JSON document: nothing to parse but the arguments themselves.
 CREATE OR REPLACE FUNCTION pgjobs.enqueue_many(
     task text[],
@@ -335,7 +405,8 @@ CREATE OR REPLACE FUNCTION pgjobs.enqueue_many(
     retry_backoff double precision[] DEFAULT NULL,
     ttl integer[] DEFAULT NULL,
     meta jsonb[] DEFAULT NULL,
-    tenant text[] DEFAULT NULL
+    tenant text[] DEFAULT NULL,
+    on_full text DEFAULT 'error'
 ) RETURNS TABLE (item integer, id bigint)
 -- No JIT: the key lookup's estimate for a thousand jobs crosses jit_above_cost, and compiling
 -- took a third to a half of the call for a plan that runs in a few milliseconds.
@@ -406,6 +477,23 @@ BEGIN
     END IF;
     -- Ids first, in array order: job i gets ids[i] whatever order the insert takes.
     ids := ARRAY(SELECT nextval('pgjobs.jobs_id_seq'::regclass) FROM generate_series(1, n));
+    -- Queues with a maximum depth admit what fits (_admit); with on_full 'reject', the jobs of a
+    -- queue past the first it admits, in array order, get no id and are not inserted.
+    IF on_full IS DISTINCT FROM 'error' THEN
+        PERFORM pgjobs._check_on_full(on_full);
+    END IF;
+    IF EXISTS (SELECT FROM pgjobs.queue_settings s WHERE s.queue = ANY (queues) AND s.max_queued > 0) THEN
+        WITH q AS (
+            SELECT v.id, v.n, coalesce(v.queue, 'default') AS queue
+            FROM unnest(ids, CASE WHEN cardinality(queue) = n THEN queue ELSE array_fill(NULL::text, ARRAY[n]) END)
+                 WITH ORDINALITY AS v(id, queue, n)
+        ), a AS (
+            SELECT q.queue, pgjobs._admit(q.queue, count(*)::integer, on_full) AS admitted FROM q GROUP BY q.queue
+        )
+        SELECT array_agg(CASE WHEN u.nth <= a.admitted THEN u.id END ORDER BY u.n) INTO ids
+        FROM (SELECT q.*, row_number() OVER (PARTITION BY q.queue ORDER BY q.n) AS nth FROM q) u
+        JOIN a ON a.queue = u.queue;
+    END IF;
     -- Without a key nothing can conflict: a plain insert, with no speculative insertion (its lock
     -- and its extra WAL record a job cost a twentieth of the call).
     IF keyed THEN
@@ -442,8 +530,9 @@ END;
 $$;
 
 -- Enqueue many jobs given as a JSON array of objects with enqueue's parameters (keys are looked up
--- among the caller's own jobs); depends_on_items names earlier elements of the array.
-CREATE OR REPLACE FUNCTION pgjobs.enqueue_many(jobs jsonb)
+-- among the caller's own jobs); depends_on_items names earlier elements of the array. on_full as
+-- the arrays' enqueue_many; a batch with dependencies is admitted whole or refused (PJ001).
+CREATE OR REPLACE FUNCTION pgjobs.enqueue_many(jobs jsonb, on_full text DEFAULT 'error')
 RETURNS TABLE (item integer, id bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -456,6 +545,9 @@ DECLARE
 BEGIN
     IF jsonb_typeof(jobs) IS DISTINCT FROM 'array' THEN
         PERFORM pgjobs._refuse('jobs', 'must be a JSON array of job objects');
+    END IF;
+    IF on_full IS DISTINCT FROM 'error' THEN
+        PERFORM pgjobs._check_on_full(on_full);
     END IF;
     IF jobs @? '$[*] ? (exists(@.depends_on) || exists(@.depends_on_items))' THEN
         -- Dependencies: one job after the other, each able to name those before it.
@@ -494,7 +586,8 @@ BEGIN
         task => a.task, args => a.args, queue => a.queue, priority => a.priority, scheduled_at => a.scheduled_at,
         delay => a.delay, group_key => a.group_key, key => a.key, max_attempts => a.max_attempts,
         timeout => a.timeout, heartbeat => a.heartbeat, retry_delay => a.retry_delay,
-        retry_backoff => a.retry_backoff, ttl => a.ttl, meta => a.meta, tenant => a.tenant) AS m;
+        retry_backoff => a.retry_backoff, ttl => a.ttl, meta => a.meta, tenant => a.tenant,
+        on_full => enqueue_many.on_full) AS m;
 END;
 $$;
 

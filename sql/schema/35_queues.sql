@@ -17,7 +17,8 @@ SELECT q.queue,
        coalesce(c.active, 0) AS active,
        extract(epoch FROM now() - c.oldest_due)::double precision AS oldest_queued_seconds,
        s.updated_at,
-       coalesce(s.fair, false) AS fair
+       coalesce(s.fair, false) AS fair,
+       coalesce(s.max_queued, 0) AS max_queued
 FROM (SELECT s.queue FROM pgjobs.queue_settings s
       UNION
       SELECT DISTINCT j.queue FROM pgjobs.jobs_live j WHERE j.status IN ('waiting', 'queued', 'active', 'aborting')) q
@@ -37,8 +38,8 @@ LEFT JOIN (
 -- Change a queue's settings; NULL leaves one as it is. 0 lifts a limit (group_max_active 0: a
 -- group's jobs run at once without limit; 1, the default, runs them one at a time). A rate needs
 -- its period in seconds. fair: claims are shared between the tenants with due jobs in proportion
--- to their weights (set_tenant). Workers of the queue are woken: a resumed or loosened queue is
--- claimed at once.
+-- to their weights (set_tenant). max_queued: queued jobs at most, checked as jobs are enqueued
+-- (_admit). Workers of the queue are woken: a resumed or loosened queue is claimed at once.
 CREATE OR REPLACE FUNCTION pgjobs.set_queue(
     queue text,
     paused boolean DEFAULT NULL,
@@ -48,7 +49,8 @@ CREATE OR REPLACE FUNCTION pgjobs.set_queue(
     group_rate_limit integer DEFAULT NULL,
     group_rate_period double precision DEFAULT NULL,
     group_max_active integer DEFAULT NULL,
-    fair boolean DEFAULT NULL
+    fair boolean DEFAULT NULL,
+    max_queued integer DEFAULT NULL
 ) RETURNS pgjobs.queues
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
@@ -76,6 +78,9 @@ BEGIN
         PERFORM pgjobs._refuse('group_rate_period',
                                format('must be a finite number of seconds >= 0, got %s', group_rate_period));
     END IF;
+    IF max_queued < 0 THEN
+        PERFORM pgjobs._refuse('max_queued', format('must be >= 0 (0: no limit), got %s', max_queued));
+    END IF;
     IF group_max_active < 0 OR group_max_active > 10000 THEN
         PERFORM pgjobs._refuse('group_max_active',
                                format('must be between 0 (no limit) and 10000, got %s', group_max_active));
@@ -90,6 +95,7 @@ BEGIN
         group_rate_period = coalesce(set_queue.group_rate_period, t.group_rate_period),
         group_max_active = coalesce(set_queue.group_max_active, t.group_max_active),
         fair = coalesce(set_queue.fair, t.fair),
+        max_queued = coalesce(set_queue.max_queued, t.max_queued),
         updated_at = now()
     WHERE t.queue = set_queue.queue
     RETURNING t.* INTO s;
@@ -102,7 +108,7 @@ BEGIN
     END IF;
     -- A queue back to the defaults has no row: its claims skip the settings entirely.
     IF NOT s.paused AND s.rate_limit = 0 AND s.max_active = 0 AND s.group_rate_limit = 0 AND s.group_max_active = 1
-       AND NOT s.fair THEN
+       AND NOT s.fair AND s.max_queued = 0 THEN
         DELETE FROM pgjobs.queue_settings t WHERE t.queue = set_queue.queue;
         DELETE FROM pgjobs.queue_claims w WHERE w.queue = set_queue.queue;
     END IF;
@@ -112,7 +118,7 @@ BEGIN
         r.queue := queue;
         r.paused := false;
         r.rate_limit := 0; r.rate_period := 0; r.max_active := 0;
-        r.group_rate_limit := 0; r.group_rate_period := 0; r.group_max_active := 1; r.fair := false;
+        r.group_rate_limit := 0; r.group_rate_period := 0; r.group_max_active := 1; r.fair := false; r.max_queued := 0;
         r.queued := 0; r.scheduled := 0; r.waiting := 0; r.active := 0;
     END IF;
     RETURN r;
@@ -145,4 +151,26 @@ BEGIN
     RETURNING t.* INTO r;
     RETURN r;
 END;
+$$;
+
+-- How hard producers press on queues (NULL: every queue with settings or unfinished jobs), cheap
+-- enough to read before each enqueue: queued jobs (due or later; counted up to max_queued, or up to
+-- 10,000 for a queue without one), max_queued (0: none), their ratio (NULL without a limit), and
+-- how long the job next in line has been due (NULL: none due), one index probe.
+CREATE OR REPLACE FUNCTION pgjobs.queue_pressure(queues text[] DEFAULT NULL)
+RETURNS TABLE (queue text, queued bigint, max_queued integer, pressure double precision, next_due_seconds double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT q.name, d.n, coalesce(s.max_queued, 0),
+           CASE WHEN s.max_queued > 0 THEN d.n::double precision / s.max_queued END,
+           (SELECT extract(epoch FROM now() - j.scheduled_at)::double precision
+            FROM pgjobs.jobs_live j
+            WHERE j.queue = q.name AND j.status = 'queued' AND j.scheduled_at <= now()
+            ORDER BY j.priority, j.scheduled_at, j.id LIMIT 1)
+    FROM (SELECT DISTINCT u.name FROM unnest(coalesce(queue_pressure.queues,
+                                                      ARRAY(SELECT v.queue FROM pgjobs.queues v))) AS u(name)) q
+    LEFT JOIN pgjobs.queue_settings s ON s.queue = q.name
+    CROSS JOIN LATERAL (SELECT count(*) AS n FROM (SELECT FROM pgjobs.jobs_live j
+                                                   WHERE j.queue = q.name AND j.status = 'queued'
+                                                   LIMIT coalesce(nullif(s.max_queued, 0), 10000)) c) d
+    ORDER BY q.name
 $$;

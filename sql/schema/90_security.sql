@@ -9,7 +9,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     f record;
     client_functions text[] := ARRAY['enqueue', 'enqueue_job', 'enqueue_many', 'cancel', 'queue_channel',
-                                     'max_payload', 'worker_is_alive', 'listen', 'unlisten', 'has_job'];
+                                     'max_payload', 'worker_is_alive', 'listen', 'unlisten', 'has_job',
+                                     'queue_pressure'];
     -- What an operator does by hand: changes to jobs and queues that no worker needs to make.
     admin_functions text[] := ARRAY['retry', 'retry_failed', 'retry_matching', 'cancel_matching', 'delete_job',
                                     'set_queue', 'set_tenant', 'schedule_run_now'];

@@ -133,7 +133,7 @@ def test_enqueue_reads_the_job_as_stored_column_for_field(env_dsn: str, conn: Co
 
     job = pgjobs.enqueue("t", 1, meta={"m": 1}, retry_backoff=True, delay=60)
     assert job == pgjobs.get_job(job.id) and job.status is JobStatus.QUEUED and job.meta == {"m": 1}
-    cur = conn.execute(_sql.query("job_enqueue"), pgjobs.job("t").params())
+    cur = conn.execute(_sql.query("job_enqueue"), {**pgjobs.job("t").params(), "on_full": "error"})
     assert [c.name for c in cur.description or []] == [f.name for f in fields(Job) if not f.name.startswith("_")]
 
 

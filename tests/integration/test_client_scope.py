@@ -84,6 +84,8 @@ CALLS: dict[str, Callable[[Conn, int, str], None]] = {
     # the security guide (docs/guides/security.md) says so.
     "listen": harmless("SELECT pgjobs.listen('pgjobs.done')"),
     "unlisten": harmless("SELECT pgjobs.unlisten('pgjobs.done')"),
+    # Queue depths, never a job: the pressure signal producers read before they enqueue.
+    "queue_pressure": harmless("SELECT * FROM pgjobs.queue_pressure()"),
 }
 
 

@@ -501,12 +501,12 @@ def test_the_dashboard_acts_as_a_member_of_pgjobs_admin_and_shows_as_one_of_pgjo
     assert one(conn, "SELECT paused FROM pgjobs.queues WHERE queue = 'default'") is True
 
 
-def test_a_fair_queue_and_a_jobs_tenant_are_shown(conn: Conn, dashboard: Callable[..., Client]) -> None:
-    conn.execute("SELECT pgjobs.set_queue('exports', fair => true, max_active => 4)")
+def test_a_fair_queue_its_depth_limit_and_a_jobs_tenant_are_shown(conn: Conn, dashboard: Callable[..., Client]) -> None:
+    conn.execute("SELECT pgjobs.set_queue('exports', fair => true, max_active => 4, max_queued => 4)")
     job_id = one(conn, "SELECT pgjobs.enqueue('export', queue => 'exports', tenant => 'acme')")
     d = dashboard()
     overview = d.get("/").text
-    assert "max active 4, fair share" in overview
+    assert "max active 4, fair share, max queued 4 (25% full)" in overview
     assert re.search(r"<dt>Tenant</dt><dd>acme</dd>", d.get(f"/jobs/{job_id}").text)
     queues = {q["queue"]: q for q in d.get("/api/queues").json()["queues"]}
     assert queues["exports"]["fair"] is True
