@@ -166,14 +166,14 @@ def tenants(queue: str, *, conn: Connection | None = None) -> list[Tenant]:
 class Pressure:
     """How hard producers press on a queue: its queued jobs (due or later; counted up to
     ``max_queued``, or 10,000 without one), ``max_queued`` (0: none), ``pressure`` (queued over
-    max_queued, 1 when full; None without a limit) and ``next_due_seconds`` (how long the job next in
-    line has been due; None when none is)."""
+    max_queued, 1 when full; None without a limit) and ``oldest_due_seconds`` (how long the oldest
+    due job has waited; None when none is due)."""
 
     queue: str
     queued: int
     max_queued: int
     pressure: float | None
-    next_due_seconds: float | None
+    oldest_due_seconds: float | None
 
 
 def _pressure_call(queues: Sequence[str] | None) -> Call[list[Pressure]]:

@@ -153,19 +153,34 @@ BEGIN
 END;
 $$;
 
+-- The due time of a queue's oldest due job (NULL: none is due): one probe of the claim index per
+-- priority that has queued jobs (a skip scan), where min() would read every queued job.
+CREATE OR REPLACE FUNCTION pgjobs._oldest_due(queue text) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE heads AS (
+        (SELECT j.priority, j.scheduled_at FROM pgjobs.jobs_live j
+         WHERE j.queue = _oldest_due.queue AND j.status = 'queued'
+         ORDER BY j.priority, j.scheduled_at, j.id LIMIT 1)
+        UNION ALL
+        SELECT n.priority, n.scheduled_at
+        FROM heads h
+        CROSS JOIN LATERAL (SELECT j.priority, j.scheduled_at FROM pgjobs.jobs_live j
+                            WHERE j.queue = _oldest_due.queue AND j.status = 'queued' AND j.priority > h.priority
+                            ORDER BY j.priority, j.scheduled_at, j.id LIMIT 1) n
+    )
+    SELECT min(h.scheduled_at) FROM heads h WHERE h.scheduled_at <= now()
+$$;
+
 -- How hard producers press on queues (NULL: every queue with settings or unfinished jobs), cheap
 -- enough to read before each enqueue: queued jobs (due or later; counted up to max_queued, or up to
 -- 10,000 for a queue without one), max_queued (0: none), their ratio (NULL without a limit), and
--- how long the job next in line has been due (NULL: none due), one index probe.
+-- how long the oldest due job has waited (NULL: none is due).
 CREATE OR REPLACE FUNCTION pgjobs.queue_pressure(queues text[] DEFAULT NULL)
-RETURNS TABLE (queue text, queued bigint, max_queued integer, pressure double precision, next_due_seconds double precision)
+RETURNS TABLE (queue text, queued bigint, max_queued integer, pressure double precision, oldest_due_seconds double precision)
 LANGUAGE sql STABLE AS $$
     SELECT q.name, d.n, coalesce(s.max_queued, 0),
            CASE WHEN s.max_queued > 0 THEN d.n::double precision / s.max_queued END,
-           (SELECT extract(epoch FROM now() - j.scheduled_at)::double precision
-            FROM pgjobs.jobs_live j
-            WHERE j.queue = q.name AND j.status = 'queued' AND j.scheduled_at <= now()
-            ORDER BY j.priority, j.scheduled_at, j.id LIMIT 1)
+           extract(epoch FROM now() - pgjobs._oldest_due(q.name))::double precision
     FROM (SELECT DISTINCT u.name FROM unnest(coalesce(queue_pressure.queues,
                                                       ARRAY(SELECT v.queue FROM pgjobs.queues v))) AS u(name)) q
     LEFT JOIN pgjobs.queue_settings s ON s.queue = q.name

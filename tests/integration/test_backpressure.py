@@ -32,6 +32,12 @@ def enqueue_many(conn: Conn, n: int, on_full: str = "error", queue: str = "cappe
     return [r["id"] for r in rows]
 
 
+def one_pressure(conn: Conn, queue: str) -> dict[str, Any]:
+    row = conn.execute("SELECT * FROM pgjobs.queue_pressure(ARRAY[%s])", [queue]).fetchone()
+    assert row is not None
+    return row
+
+
 def cap(conn: Conn, n: int, queue: str = "capped") -> None:
     conn.execute("SELECT pgjobs.set_queue(%s, max_queued => %s)", [queue, n])
 
@@ -92,14 +98,27 @@ def test_bad_limits_and_modes_are_refused(conn: Conn) -> None:
         conn.execute("SELECT pgjobs.enqueue('t', on_full => 'drop')")
 
 
-def test_pressure_says_how_full_a_queue_is_and_how_long_the_next_job_waited(conn: Conn) -> None:
+def test_pressure_says_how_full_a_queue_is_and_how_long_its_oldest_due_job_waited(conn: Conn) -> None:
     cap(conn, 4)
     enqueue_many(conn, 3)
     enqueue_many(conn, 5, queue="free")
+    # The oldest due job has a low priority; a later one with a high priority is first in line;
+    # one scheduled for later is not due.
+    conn.execute(
+        "SELECT pgjobs.enqueue('t', queue => 'ages', priority => 9, scheduled_at => now() - interval '1 hour')"
+    )
+    conn.execute(
+        "SELECT pgjobs.enqueue('t', queue => 'ages', priority => -9, scheduled_at => now() - interval '1 minute')"
+    )
+    conn.execute(
+        "SELECT pgjobs.enqueue('t', queue => 'ages', priority => -20, scheduled_at => now() + interval '1 day')"
+    )
     rows = {r["queue"]: r for r in conn.execute("SELECT * FROM pgjobs.queue_pressure()").fetchall()}
     assert (rows["capped"]["queued"], rows["capped"]["max_queued"], rows["capped"]["pressure"]) == (3, 4, 0.75)
     assert rows["free"]["pressure"] is None and rows["free"]["queued"] == 5
-    assert rows["capped"]["next_due_seconds"] >= 0
+    assert 3599 < rows["ages"]["oldest_due_seconds"] < 3700
+    conn.execute("DELETE FROM pgjobs.jobs WHERE queue = 'ages' AND scheduled_at < now()")
+    assert one_pressure(conn, "ages")["oldest_due_seconds"] is None
 
 
 def test_python_raises_queue_full_rejects_or_waits_for_room(env_dsn: str, conn: Conn) -> None:
