@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
+from scratch import scratch_database
 
 import pgjobs
 
@@ -50,19 +48,6 @@ BATCH = 50
 async def work(n: int, ms: float) -> None:
     """Wait ms milliseconds: a job that takes a worker's slot for a while, as real work does."""
     await asyncio.sleep(ms / 1000)
-
-
-@contextlib.contextmanager
-def scratch_database(dsn: str) -> Iterator[str]:
-    name = f"pgjobs_backpressure_{os.getpid()}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(dsn, dbname=name)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def produce(db: str, rate: float, seconds: float, ms: float, accepted: list[int], counts: dict[str, int]) -> None:
@@ -84,8 +69,7 @@ def produce(db: str, rate: float, seconds: float, ms: float, accepted: list[int]
 
 
 def one_run(dsn: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
-    with scratch_database(dsn) as db:
-        subprocess.run([sys.executable, "-m", "pgjobs", "migrate", "--dsn", db], check=True, capture_output=True)
+    with scratch_database(dsn, "backpressure") as db:
         with psycopg.connect(db, autocommit=True) as conn:
             pgjobs.set_queue(QUEUE, max_queued=args.limit, conn=conn)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}

@@ -23,21 +23,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
+from scratch import scratch_database
 
 import pgjobs
 
@@ -51,19 +49,6 @@ WEIGHTS = {"A": 1.0, "B": 1.0, "C": 2.0}
 async def work(n: int, ms: float) -> None:
     """Wait ms milliseconds: a job that takes a worker's slot for a while, as real work does."""
     await asyncio.sleep(ms / 1000)
-
-
-@contextlib.contextmanager
-def scratch_database(dsn: str) -> Iterator[str]:
-    name = f"pgjobs_fairness_{os.getpid()}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(dsn, dbname=name)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def enqueue(dsn: str, tenant: str, n: int, ms: float) -> None:
@@ -81,8 +66,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def one_run(dsn: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
-    with scratch_database(dsn) as db:
-        subprocess.run([sys.executable, "-m", "pgjobs", "migrate", "--dsn", db], check=True, capture_output=True)
+    with scratch_database(dsn, "fairness") as db:
         with psycopg.connect(db, autocommit=True) as conn:
             if not args.unfair:
                 pgjobs.set_queue(QUEUE, fair=True, conn=conn)

@@ -35,6 +35,18 @@ LEFT JOIN (
     GROUP BY j.queue
 ) c ON c.queue = q.queue;
 
+-- Refuse a queue name that enqueue would refuse (22023): the settings of a queue no job can be in
+-- would be a mistake kept for ever.
+CREATE OR REPLACE FUNCTION pgjobs._check_queue_name(queue text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF queue IS NULL OR length(queue) NOT BETWEEN 1 AND 48 OR queue ~ '[^A-Za-z0-9_.:-]' THEN
+        PERFORM pgjobs._refuse('queue', format('must be 1 to 48 characters from A-Z a-z 0-9 _ . : -, got %L',
+                                               left(queue, 300)));
+    END IF;
+END;
+$$;
+
 -- Change a queue's settings; NULL leaves one as it is. 0 lifts a limit (group_max_active 0: a
 -- group's jobs run at once without limit; 1, the default, runs them one at a time). A rate needs
 -- its period in seconds. fair: claims are shared between the tenants with due jobs in proportion
@@ -58,10 +70,7 @@ DECLARE
     s pgjobs.queue_settings;
     r pgjobs.queues;
 BEGIN
-    IF queue IS NULL OR length(queue) NOT BETWEEN 1 AND 48 OR queue ~ '[^A-Za-z0-9_.:-]' THEN
-        PERFORM pgjobs._refuse('queue', format('must be 1 to 48 characters from A-Z a-z 0-9 _ . : -, got %L',
-                                               left(queue, 300)));
-    END IF;
+    PERFORM pgjobs._check_queue_name(queue);
     IF rate_limit < 0 THEN
         PERFORM pgjobs._refuse('rate_limit', format('must be >= 0 (0: no limit), got %s', rate_limit));
     END IF;
@@ -135,10 +144,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     r pgjobs.queue_tenants;
 BEGIN
-    IF queue IS NULL OR length(queue) NOT BETWEEN 1 AND 48 OR queue ~ '[^A-Za-z0-9_.:-]' THEN
-        PERFORM pgjobs._refuse('queue', format('must be 1 to 48 characters from A-Z a-z 0-9 _ . : -, got %L',
-                                               left(queue, 300)));
-    END IF;
+    PERFORM pgjobs._check_queue_name(queue);
     IF tenant IS NULL OR octet_length(tenant) > 1000 THEN
         PERFORM pgjobs._refuse('tenant', 'must be a tenant name of at most 1000 bytes ('''': the unnamed tenant)');
     END IF;
