@@ -1,31 +1,5 @@
 -- Claim: dequeue.
 
--- Whether a candidate of a group may be claimed: its group (a client's: enqueued_by) has fewer
--- active runs than gcap and fewer claims than grate in the last gperiod seconds (0: no limit;
--- gcap NULL: 1). A candidate of a limited group also takes the group's transaction-scoped
--- advisory lock, salted so that no login without the salt can compute it and squat the group:
--- concurrent claimers of one group serialise on it, and dequeue claims the candidate in its next
--- statement, whose snapshot sees what the lock's holder before it claimed.
-CREATE OR REPLACE FUNCTION pgjobs._group_has_room(
-    enqueued_by text, group_key text, queue text, gcap integer, grate integer, gperiod double precision, salt text
-) RETURNS boolean
-LANGUAGE sql AS $$
-    SELECT (coalesce(gcap, 1) = 0
-            -- OFFSET 0: probe the group index per candidate; never hash every running job.
-            OR (SELECT count(*) FROM (SELECT FROM pgjobs.jobs a
-                                      WHERE a.enqueued_by = _group_has_room.enqueued_by
-                                        AND a.group_key = _group_has_room.group_key
-                                        AND a.status IN ('active', 'aborting')
-                                        AND a.expires_at IS NULL LIMIT coalesce(gcap, 1)) a) < coalesce(gcap, 1))
-       AND (coalesce(grate, 0) = 0
-            OR (SELECT count(*) FROM pgjobs.queue_claims w
-                WHERE w.queue = _group_has_room.queue AND w.group_key = _group_has_room.group_key
-                  AND w.enqueued_by = _group_has_room.enqueued_by
-                  AND w.claimed_at > now() - make_interval(secs => gperiod)) < grate)
-       AND (coalesce(gcap, 1) = 0 AND coalesce(grate, 0) = 0
-            OR pg_try_advisory_xact_lock(1885957986, hashtext(salt || enqueued_by || '/' || group_key)))
-$$;
-
 -- A fair queue's shares for one claim of up to wanted jobs (start-time fair queuing, as stride
 -- scheduling): each tenant with due jobs has a pass, the virtual time its next job starts at,
 -- never behind the queue's clock (an idle tenant earns no credit); its k-th next job starts at
@@ -279,8 +253,25 @@ BEGIN
                   AND j.queue = q.name
                   AND j.scheduled_at <= now()
                   AND (q.fair IS NOT TRUE OR j.tenant IS NULL)  -- a fair queue's named tenants: below
-                  AND (j.group_key IS NULL
-                       OR pgjobs._group_has_room(j.enqueued_by, j.group_key, q.name, q.gcap, q.grate, q.gperiod, salt))
+                  -- A candidate of a group: its group (a client's) has room, and it takes the group's
+                  -- advisory lock (salted) so that claimers of one group serialise on it. Written out
+                  -- here and in the fair lanes below: as a function it made grouped claims 2.3 times
+                  -- as slow (a call per candidate).
+                  AND (j.group_key IS NULL OR (
+                       -- OFFSET 0: probe the group index per candidate; never hash every running job.
+                       (coalesce(q.gcap, 1) = 0
+                        OR (SELECT count(*) FROM (SELECT FROM pgjobs.jobs a
+                                                  WHERE a.enqueued_by = j.enqueued_by AND a.group_key = j.group_key
+                                                    AND a.status IN ('active', 'aborting')
+                                                    AND a.expires_at IS NULL LIMIT coalesce(q.gcap, 1)) a)
+                           < coalesce(q.gcap, 1))
+                       AND (coalesce(q.grate, 0) = 0
+                            OR (SELECT count(*) FROM pgjobs.queue_claims w
+                                WHERE w.queue = q.name AND w.group_key = j.group_key AND w.enqueued_by = j.enqueued_by
+                                  AND w.claimed_at > now() - make_interval(secs => q.gperiod)) < q.grate)
+                       AND (coalesce(q.gcap, 1) = 0 AND coalesce(q.grate, 0) = 0
+                            OR pg_try_advisory_xact_lock(1885957986,
+                                                         hashtext(salt || j.enqueued_by || '/' || j.group_key)))))
                 ORDER BY j.priority, j.scheduled_at, j.id
                 LIMIT least(wanted, q.cap)
                 FOR UPDATE OF j SKIP LOCKED
@@ -297,8 +288,22 @@ BEGIN
                 WHERE j.status = 'queued' AND j.expires_at IS NULL
                   AND j.queue = f.name AND j.tenant = f.tenant
                   AND j.scheduled_at <= now()
-                  AND (j.group_key IS NULL
-                       OR pgjobs._group_has_room(j.enqueued_by, j.group_key, q.name, q.gcap, q.grate, q.gperiod, salt))
+                  -- The group rule of the queue's own lane above.
+                  AND (j.group_key IS NULL OR (
+                       -- OFFSET 0: probe the group index per candidate; never hash every running job.
+                       (coalesce(q.gcap, 1) = 0
+                        OR (SELECT count(*) FROM (SELECT FROM pgjobs.jobs a
+                                                  WHERE a.enqueued_by = j.enqueued_by AND a.group_key = j.group_key
+                                                    AND a.status IN ('active', 'aborting')
+                                                    AND a.expires_at IS NULL LIMIT coalesce(q.gcap, 1)) a)
+                           < coalesce(q.gcap, 1))
+                       AND (coalesce(q.grate, 0) = 0
+                            OR (SELECT count(*) FROM pgjobs.queue_claims w
+                                WHERE w.queue = q.name AND w.group_key = j.group_key AND w.enqueued_by = j.enqueued_by
+                                  AND w.claimed_at > now() - make_interval(secs => q.gperiod)) < q.grate)
+                       AND (coalesce(q.gcap, 1) = 0 AND coalesce(q.grate, 0) = 0
+                            OR pg_try_advisory_xact_lock(1885957986,
+                                                         hashtext(salt || j.enqueued_by || '/' || j.group_key)))))
                 ORDER BY j.priority, j.scheduled_at, j.id
                 LIMIT f.quota
                 FOR UPDATE OF j SKIP LOCKED
