@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,12 +32,10 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from scratch import scratch_database
+from scratch import scratch_database, wait_all_complete, workers
 
 import pgjobs
 
-HERE = Path(__file__).resolve().parent
-MODULE = Path(__file__).stem  # the workers import this file as their tasks module
 QUEUE = "work"
 BATCH = 50
 
@@ -72,10 +68,6 @@ def one_run(dsn: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     with scratch_database(dsn, "backpressure") as db:
         with psycopg.connect(db, autocommit=True) as conn:
             pgjobs.set_queue(QUEUE, max_queued=args.limit, conn=conn)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-        command = [sys.executable, "-m", "pgjobs", "worker", MODULE, "--dsn", db, "-q", QUEUE, "-c", "10"]
-        logs_out = [open(logs / f"worker{i}.log", "w") for i in range(2)]  # noqa: SIM115 - closed below
-        workers = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=out) for out in logs_out]
         samples: list[tuple[int, float]] = []
         stop = threading.Event()
 
@@ -86,7 +78,7 @@ def one_run(dsn: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
                     samples.append((p.queued, p.pressure or 0.0))
                     time.sleep(0.05)
 
-        try:
+        with workers(db, Path(__file__).resolve(), QUEUE, 10, logs):
             time.sleep(2)  # the workers start
             accepted: list[int] = []
             counts = {"offered": 0, "refused": 0}
@@ -102,24 +94,11 @@ def one_run(dsn: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
             for t in producers:
                 t.join()
             offered_for = time.monotonic() - started
-            deadline = time.monotonic() + 300
-            with psycopg.connect(db, autocommit=True) as conn:
-                while time.monotonic() < deadline:
-                    left = conn.execute("SELECT count(*) FROM pgjobs.jobs WHERE status <> 'complete'").fetchone()
-                    if left == (0,):
-                        break
-                    time.sleep(0.2)
-                stop.set()
-                sampler.join()
-                stored = {r[0] for r in conn.execute("SELECT id FROM pgjobs.jobs WHERE status = 'complete'")}
-        finally:
+            wait_all_complete(db, 300)
             stop.set()
-            for w in workers:
-                w.terminate()
-            for w in workers:
-                w.wait(30)
-            for out in logs_out:
-                out.close()
+            sampler.join()
+            with psycopg.connect(db, autocommit=True) as conn:
+                stored = {r[0] for r in conn.execute("SELECT id FROM pgjobs.jobs WHERE status = 'complete'")}
     return {
         **counts,
         "accepted": len(accepted),

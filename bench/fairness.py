@@ -25,8 +25,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,12 +33,10 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
-from scratch import scratch_database
+from scratch import scratch_database, wait_all_complete, workers
 
 import pgjobs
 
-HERE = Path(__file__).resolve().parent
-MODULE = Path(__file__).stem  # the workers import this file as their tasks module
 QUEUE = "work"
 WEIGHTS = {"A": 1.0, "B": 1.0, "C": 2.0}
 
@@ -73,34 +69,15 @@ def one_run(dsn: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
                 for tenant, weight in WEIGHTS.items():
                     pgjobs.set_tenant(QUEUE, tenant, weight, conn=conn)
         enqueue(db, "A", args.backlog, args.ms)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-        command = [sys.executable, "-m", "pgjobs", "worker", MODULE, "--dsn", db, "-q", QUEUE, "-c", "50"]
-        logs_out = [open(logs / f"worker{i}.log", "w") for i in range(2)]  # noqa: SIM115 - closed below
-        workers = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=out) for out in logs_out]
-        try:
+        with workers(db, Path(__file__).resolve(), QUEUE, 50, logs):
             time.sleep(args.late)
             enqueue(db, "B", args.small, args.ms)
             enqueue(db, "C", args.small, args.ms)
-            deadline = time.monotonic() + 600
+            wait_all_complete(db, 600, poll=0.5)
             with psycopg.connect(db, autocommit=True, row_factory=dict_row) as conn:
-                while time.monotonic() < deadline:
-                    row = conn.execute(
-                        "SELECT count(*) FILTER (WHERE status <> 'complete') AS left FROM pgjobs.jobs"
-                    ).fetchone()
-                    assert row is not None
-                    if row["left"] == 0:
-                        break
-                    time.sleep(0.5)
                 rows = conn.execute(
                     "SELECT tenant, status, enqueued_at, started_at, attempts FROM pgjobs.jobs ORDER BY started_at"
                 ).fetchall()
-        finally:
-            for w in workers:
-                w.terminate()
-            for w in workers:
-                w.wait(30)
-            for out in logs_out:
-                out.close()
     return measure(rows)
 
 

@@ -31,9 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
+from scratch import scratch_database
 
 import pgjobs
 
@@ -43,21 +42,6 @@ GRACE = 2.1  # heart rates after which the reaper may declare a silent worker de
 @pgjobs.task(name="liveness.sleep")
 async def sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
-
-
-@contextlib.contextmanager
-def fresh_database(server: str) -> Iterator[str]:
-    name = f"liveness_times_{os.getpid()}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = make_conninfo(server, dbname=name)
-    try:
-        pgjobs.migrate(dsn)
-        yield dsn
-    finally:
-        with psycopg.connect(server, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @contextlib.contextmanager
@@ -143,9 +127,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10)
     args = parser.parse_args()
     server = pgjobs.resolve_dsn(args.dsn)
-    with fresh_database(server) as dsn:
+    with scratch_database(server, "liveness_times") as dsn:
         show("lost run settled after its claim", lost(dsn, args.heart_rate, args.trials), args.heart_rate)
-    with fresh_database(server) as dsn:
+    with scratch_database(server, "liveness_times") as dsn:
         show("run given up after the last beat", fence(dsn, args.heart_rate, args.trials), args.heart_rate)
 
 
