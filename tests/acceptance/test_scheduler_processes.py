@@ -48,6 +48,12 @@ def test_a_stored_cron_that_never_fires_stops_no_worker_from_firing_the_others(d
         conn.execute("INSERT INTO pgjobs.schedules (name, task, cron) VALUES ('feb-30', 'app.t', '0 0 30 2 *')")
     with Process("--log-level", "warning", "worker", "tests.acceptance.periodic_tasks", "--dsn", dsn,
                  "--schedule-interval", "0.2") as worker:  # fmt: skip
+        # Four seconds of scheduling from the registration on: a loaded machine may take seconds to start.
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            deadline = time.monotonic() + 60
+            while conn.execute("SELECT count(*) FROM pgjobs.workers").fetchone() != (1,):
+                assert time.monotonic() < deadline, worker.output()
+                time.sleep(0.05)
         time.sleep(4)
         worker.signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0, worker.output()
